@@ -1,0 +1,133 @@
+"""Frozen, validated configurations: the model, the data and supervised fine-tuning.
+
+Every config validates itself in ``__post_init__``: a bad value fails at once with a ``ConfigError``
+that names the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+#: The longest response suffix the synthetic data can build (see ``data.sentiment.SUFFIX_WORDS``).
+MAX_SUFFIX_LENGTH = 13
+
+
+class ConfigError(ValueError):
+    """A config field holds a value outside what is allowed."""
+
+
+def _require(ok: bool, cls: str, field: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{cls}.{field}={value!r} is invalid: {allowed}")
+
+
+def _positive_ints(obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                 type(obj).__name__, name, value, "must be a positive integer")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only causal transformer (pre-LayerNorm).
+
+    ``vocab_size`` is filled from the tokenizer; ``max_len`` bounds prompt + response length.
+    """
+
+    vocab_size: int = 512
+    max_len: int = 32
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_mlp: int = 256
+    tie_embeddings: bool = False
+    unembed_bias: bool = False
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        _positive_ints(self, "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "d_mlp")
+        name = type(self).__name__
+        _require(self.d_model % self.n_heads == 0, name, "n_heads", self.n_heads,
+                 f"must divide d_model={self.d_model}")
+        _require(self.param_dtype in ("float32", "float64"), name, "param_dtype",
+                 self.param_dtype, "one of 'float32', 'float64'")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The synthetic sentiment preference task.
+
+    ``max_suffix_length`` is the largest suffix length L (response = sentiment token + L tokens).
+    ``eval_fraction`` of the distinct statements go to the eval split, the rest to train.
+    """
+
+    seed: int = 0
+    n_statements: int = 4000
+    eval_fraction: float = 0.2
+    max_suffix_length: int = 12
+    n_unused_words: int = 64
+
+    def __post_init__(self):
+        _positive_ints(self, "n_statements", "max_suffix_length")
+        name = type(self).__name__
+        _require(isinstance(self.seed, int) and self.seed >= 0, name, "seed", self.seed,
+                 "must be an integer >= 0")
+        _require(0.0 < self.eval_fraction < 1.0, name, "eval_fraction", self.eval_fraction,
+                 "must lie strictly between 0 and 1")
+        _require(self.max_suffix_length <= MAX_SUFFIX_LENGTH, name, "max_suffix_length",
+                 self.max_suffix_length, f"must be at most {MAX_SUFFIX_LENGTH}")
+        _require(isinstance(self.n_unused_words, int) and self.n_unused_words >= 0, name,
+                 "n_unused_words", self.n_unused_words, "must be an integer >= 0")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised fine-tuning on prompt + chosen response (language-model loss on the response).
+
+    ``label_flip`` is the fraction of training examples whose sentiment token is flipped (keeps the
+    model uncertain between Positive and Negative). ``suffix`` is ``"varied"`` (L drawn uniformly from
+    0..max_suffix_length per example) or ``"fixed"`` (always the full suffix, so the suffix becomes
+    deterministic and its gradients vanish). ``steps=0`` leaves the random initialization.
+    ``pretrain_steps`` first trains on statements followed by random vocabulary words (varied
+    continuations), the regime closest to a pretrained LM.
+    """
+
+    steps: int = 300
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.01
+    label_flip: float = 0.0
+    suffix: str = "varied"
+    pretrain_steps: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        name = type(self).__name__
+        for field in ("steps", "pretrain_steps", "seed"):
+            value = getattr(self, field)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
+                     field, value, "must be an integer >= 0")
+        _positive_ints(self, "batch_size")
+        _require(self.learning_rate > 0, name, "learning_rate", self.learning_rate, "must be > 0")
+        _require(self.weight_decay >= 0, name, "weight_decay", self.weight_decay, "must be >= 0")
+        _require(0.0 <= self.label_flip <= 1.0, name, "label_flip", self.label_flip,
+                 "must lie in [0, 1]")
+        _require(self.suffix in ("varied", "fixed"), name, "suffix", self.suffix,
+                 "one of 'varied', 'fixed'")
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_hash(*configs) -> str:
+    """A short, stable hash of one or more configs (sorted-key JSON, sha256)."""
+    payload = json.dumps([type(c).__name__ for c in configs] + [to_dict(c) for c in configs],
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,83 @@
+"""Fixed-shape, padded token batches for responses and preference pairs.
+
+A sequence is ``<bos> prompt response <pad>…`` of fixed length ``T``; ``start`` is the index of its first
+response token and ``length`` its number of response tokens. Right padding keeps causal attention exact
+without a padding mask (no real token attends to a later pad), and a fixed ``T`` and response ``window``
+let one compiled function serve every suffix length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from entangle_jax.config import ConfigError
+from entangle_jax.data.sentiment import Statement, response_words
+from entangle_jax.data.vocab import Vocab
+
+
+@struct.dataclass
+class Responses:
+    """A batch of prompt + response sequences (leading axes are batch axes)."""
+
+    tokens: jnp.ndarray  # [..., T] int32
+    start: jnp.ndarray  # [...] int32, index of the first response token
+    length: jnp.ndarray  # [...] int32, number of response tokens
+    window: int = struct.field(pytree_node=False)  # static: the most response tokens of any row
+
+    @property
+    def response_mask(self) -> jnp.ndarray:
+        """[..., window] bool: which of the ``window`` response slots hold a real token."""
+        return jnp.arange(self.window) < self.length[..., None]
+
+    def __getitem__(self, index) -> "Responses":
+        return Responses(self.tokens[index], self.start[index], self.length[index], self.window)
+
+
+@struct.dataclass
+class Pairs:
+    """Preference pairs: ``chosen`` (y_w) and ``rejected`` (y_l) share their prompts row by row."""
+
+    chosen: Responses
+    rejected: Responses
+
+    def __len__(self) -> int:
+        return int(self.chosen.tokens.shape[0])
+
+    def __getitem__(self, index) -> "Pairs":
+        return Pairs(self.chosen[index], self.rejected[index])
+
+
+def encode_responses(vocab: Vocab, prompts: Sequence[Sequence[str]],
+                     responses: Sequence[Sequence[str]], seq_len: int, window: int) -> Responses:
+    """Encode prompt/response word lists into a padded ``Responses`` batch of length ``seq_len``."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    tokens = np.full((len(prompts), seq_len), vocab.pad_id, np.int32)
+    start = np.zeros(len(prompts), np.int32)
+    length = np.zeros(len(prompts), np.int32)
+    for row, (prompt, response) in enumerate(zip(prompts, responses)):
+        ids = [vocab.bos_id, *vocab.encode(prompt)]
+        rid = vocab.encode(response)
+        if not rid or len(rid) > window:
+            raise ConfigError(f"response {' '.join(response)!r} has {len(rid)} tokens; allowed "
+                              f"1..{window}")
+        if len(ids) + len(rid) > seq_len:
+            raise ConfigError(f"sequence of {len(ids) + len(rid)} tokens does not fit the "
+                              f"model's context of {seq_len} (prompt {' '.join(prompt)!r})")
+        tokens[row, :len(ids) + len(rid)] = ids + rid
+        start[row], length[row] = len(ids), len(rid)
+    return Responses(jnp.asarray(tokens), jnp.asarray(start), jnp.asarray(length), window)
+
+
+def sentiment_pairs(statements: Sequence[Statement], vocab: Vocab, suffix_length: int,
+                    seq_len: int, window: int) -> Pairs:
+    """Chosen = true sentiment + suffix of ``suffix_length``; rejected = false sentiment + same suffix."""
+    prompts = [s.prompt for s in statements]
+    chosen = [response_words(s.positive, suffix_length) for s in statements]
+    rejected = [response_words(not s.positive, suffix_length) for s in statements]
+    return Pairs(encode_responses(vocab, prompts, chosen, seq_len, window),
+                 encode_responses(vocab, prompts, rejected, seq_len, window))

@@ -1,0 +1,195 @@
+"""Per-example gradient geometry of preference pairs.
+
+With ``g_w = ∇_θ log π_w`` and ``g_l = ∇_θ log π_l`` over all trainable parameters:
+
+    sq_norm_w = ‖g_w‖²,  sq_norm_l = ‖g_l‖²,  inner = ⟨g_w, g_l⟩,  cosine = inner / (‖g_w‖ ‖g_l‖)
+
+and with per-token gradients ``g_w^i = ∇_θ log π_θ(y_w,i | x, y_w,<i)`` the token-wise Grams
+
+    cross[i, j] = ⟨g_w^i, g_l^j⟩,  chosen[i, j] = ⟨g_w^i, g_w^j⟩,  rejected[i, j] = ⟨g_l^i, g_l^j⟩,
+
+so that ``Σ_ij cross[i, j] = inner``. Per-example gradients come from ``jax.vmap`` of ``jax.grad``
+(``jax.jacrev`` per token) and are contracted leaf by leaf, never concatenated into one flat vector.
+Pairs are processed in fixed-size chunks, so memory is bounded by the chunk and one compiled function
+serves every chunk and every suffix length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from entangle_jax.data.pairs import Pairs
+from entangle_jax.logprob import sequence_logprob, token_logprobs
+
+
+def param_group(path: tuple) -> str:
+    """The parameter group of a leaf path: ``embeddings``, ``block{i}.attn``, ``block{i}.mlp``,
+    ``norms`` or ``unembedding`` (a tied embedding counts under ``embeddings``)."""
+    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    if any(k.startswith("ln") for k in keys):
+        return "norms"
+    if keys[0] in ("token_embed", "pos_embed"):
+        return "embeddings"
+    if keys[0] in ("unembed", "unembed_bias"):
+        return "unembedding"
+    if keys[0] == "blocks":
+        return f"block{keys[1]}.{keys[2]}"
+    raise ValueError(f"parameter {'/'.join(keys)} belongs to no known group")
+
+
+def leaf_groups(params) -> list[str]:
+    """The group of each leaf of ``params``, in ``jax.tree.leaves`` order."""
+    return [param_group(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def _leaf_dots(a, b):
+    """``[n_leaves]`` inner products of two gradient pytrees, one per leaf."""
+    return jnp.stack([jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))])
+
+
+def _leaf_gram(a, b):
+    """``Σ_leaf A_leaf B_leafᵀ`` for two pytrees of per-token gradients with leading axis R."""
+    return sum(jnp.einsum("i...,j...->ij", x, y)
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _chunked(fn: Callable, pairs: Pairs, chunk_size: int, progress: Callable | None):
+    """Apply ``fn`` to fixed-size chunks of ``pairs`` (the last padded by repetition) and
+    concatenate its pytree of per-pair outputs on the host."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size={chunk_size} is invalid: must be a positive integer")
+    n = len(pairs)
+    outs = []
+    for lo in range(0, n, chunk_size):
+        idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
+        outs.append(jax.device_get(fn(pairs[idx])))
+        if progress is not None:
+            progress(min(lo + chunk_size, n))
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
+
+
+@struct.dataclass
+class PairGeometry:
+    """Per-pair statistics ``[B]``; ``leaf_inner`` ``[B, n_leaves]`` splits ``inner`` by leaf."""
+
+    logp_w: np.ndarray
+    logp_l: np.ndarray
+    sq_norm_w: np.ndarray
+    sq_norm_l: np.ndarray
+    inner: np.ndarray
+    leaf_inner: np.ndarray
+    groups: tuple[str, ...] = struct.field(pytree_node=False)  # group of each leaf
+
+    @property
+    def cosine(self) -> np.ndarray:
+        return self.inner / np.sqrt(self.sq_norm_w * self.sq_norm_l)
+
+    def group_inner(self) -> dict[str, np.ndarray]:
+        """``⟨g_w, g_l⟩`` restricted to each parameter group, ``{group: [B]}``; sums to ``inner``."""
+        out: dict[str, np.ndarray] = {}
+        for k, group in enumerate(self.groups):
+            out[group] = out.get(group, 0.0) + self.leaf_inner[:, k]
+        return out
+
+
+@partial(jax.jit, static_argnums=0)
+def _pair_geometry_chunk(graphdef, params, pairs: Pairs):
+    value_and_grad = jax.value_and_grad(partial(sequence_logprob, graphdef))
+
+    def one(pair: Pairs):
+        logp_w, g_w = value_and_grad(params, pair.chosen)
+        logp_l, g_l = value_and_grad(params, pair.rejected)
+        return (logp_w, logp_l, _leaf_dots(g_w, g_w).sum(), _leaf_dots(g_l, g_l).sum(),
+                _leaf_dots(g_w, g_l))
+
+    return jax.vmap(one)(pairs)
+
+
+def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int = 32,
+                  progress: Callable | None = None) -> PairGeometry:
+    """log π_w, log π_l, ‖g_w‖², ‖g_l‖², ⟨g_w, g_l⟩ (and its split by leaf) for every pair.
+
+    Memory is bounded by ``chunk_size`` pairs' gradients (2 · chunk_size · P floats)."""
+    fn = partial(_pair_geometry_chunk, graphdef, params)
+    logp_w, logp_l, sq_w, sq_l, leaf_inner = _chunked(fn, pairs, chunk_size, progress)
+    return PairGeometry(logp_w, logp_l, sq_w, sq_l, leaf_inner.sum(-1), leaf_inner,
+                        tuple(leaf_groups(params)))
+
+
+@struct.dataclass
+class TokenGrams:
+    """Token-wise Grams ``[B, R, R]`` (R = response window; padded slots are 0)."""
+
+    cross: np.ndarray  # ⟨g_w^i, g_l^j⟩
+    chosen: np.ndarray  # ⟨g_w^i, g_w^j⟩
+    rejected: np.ndarray  # ⟨g_l^i, g_l^j⟩
+
+
+@partial(jax.jit, static_argnums=0)
+def _token_grams_chunk(graphdef, params, pairs: Pairs):
+    jacobian = jax.jacrev(partial(token_logprobs, graphdef))
+
+    def one(pair: Pairs):
+        j_w, j_l = jacobian(params, pair.chosen), jacobian(params, pair.rejected)
+        return _leaf_gram(j_w, j_l), _leaf_gram(j_w, j_w), _leaf_gram(j_l, j_l)
+
+    return jax.vmap(one)(pairs)
+
+
+def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int = 8,
+                progress: Callable | None = None) -> TokenGrams:
+    """Token-wise Gram matrices of every pair; memory is bounded by ``chunk_size`` pairs'
+    per-token Jacobians (2 · chunk_size · R · P floats)."""
+    fn = partial(_token_grams_chunk, graphdef, params)
+    return TokenGrams(*_chunked(fn, pairs, chunk_size, progress))
+
+
+@struct.dataclass
+class OutputLayerCheck:
+    """⟨g_w, g_l⟩ of the sentiment token restricted to the unembedding, two ways, ``[B]``."""
+
+    closed_form: np.ndarray  # (Σ_i p_i² − p_w − p_l) (‖h‖² + 1[bias])
+    autodiff: np.ndarray  # ⟨∇_(W,b) log p_w, ∇_(W,b) log p_l⟩ with h held fixed
+    p_w: np.ndarray
+    p_l: np.ndarray
+
+
+@partial(jax.jit, static_argnums=0)
+def _output_layer_chunk(graphdef, params, pairs: Pairs):
+    model = nnx.merge(graphdef, params)
+    w, b = model.unembedding()
+
+    def head_logprob(head, h, token):
+        w_, b_ = head
+        z = h @ w_ if b_ is None else h @ w_ + b_
+        return jax.nn.log_softmax(z)[token]
+
+    def one(pair: Pairs):
+        pos = pair.chosen.start - 1  # the prompt's last position predicts the sentiment token
+        h = model.features(pair.chosen.tokens)[pos]
+        z = h @ w if b is None else h @ w + b
+        p = jax.nn.softmax(z)
+        tok_w, tok_l = pair.chosen.tokens[pair.chosen.start], pair.rejected.tokens[pair.rejected.start]
+        bias_term = 0.0 if b is None else 1.0
+        closed = (jnp.sum(p * p) - p[tok_w] - p[tok_l]) * (jnp.dot(h, h) + bias_term)
+        grad_head = jax.grad(head_logprob)
+        g_w, g_l = grad_head((w, b), h, tok_w), grad_head((w, b), h, tok_l)
+        return closed, _leaf_dots(g_w, g_l).sum(), p[tok_w], p[tok_l]
+
+    return jax.vmap(one)(pairs)
+
+
+def output_layer_check(graphdef, params, pairs: Pairs, *, chunk_size: int = 64) -> OutputLayerCheck:
+    """The output-layer identity of DESIGN.md §1.3 at the sentiment token of every pair:
+
+        ⟨∇_W log p_w, ∇_W log p_l⟩ = (Σ_i p_i² − p_w − p_l) ‖h‖²   (+ the same factor for a bias),
+
+    since ``∇_W log p_k = (e_k − p) hᵀ`` and ``(e_w − p)ᵀ(e_l − p) = Σ p² − p_w − p_l`` for ``w ≠ l``."""
+    fn = partial(_output_layer_chunk, graphdef, params)
+    return OutputLayerCheck(*_chunked(fn, pairs, chunk_size, None))
