@@ -1,0 +1,55 @@
+"""The ``entangle`` command line: one module per subcommand.
+
+Each subcommand module defines ``add_parser(subparsers)`` (its ``--help`` and options) and
+``run(args) -> int``. Errors a user can fix (a bad value, a missing or corrupt file) are raised as
+``UsageError``, ``ConfigError`` or ``CheckpointError`` and end as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from entangle_jax.checkpoint import CheckpointError
+from entangle_jax.config import ConfigError
+
+#: Subcommand name → module under ``entangle_jax.cli`` (imported only when that command runs).
+COMMANDS = {
+    "train": "train",
+    "measure": "measure",
+}
+
+
+class UsageError(Exception):
+    """A problem the user can fix from the command line; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, status 2
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="entangle", description="Gradient entanglement in margin-based "
+                     "preference optimization: measure, verify and plot it on small transformers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, module in COMMANDS.items():
+        importlib.import_module(f"entangle_jax.cli.{module}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.run(args) or 0)
+    except (UsageError, ConfigError, CheckpointError, FileNotFoundError) as err:
+        print(f"entangle: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("entangle: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
