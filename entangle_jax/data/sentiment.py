@@ -76,6 +76,11 @@ SUBJECTS = (
 UNUSED_WORDS = tuple(f"unused{i:03d}" for i in range(1000))
 
 
+def response_window(config: DataConfig) -> int:
+    """Response slots per sequence: the sentiment token plus the longest suffix."""
+    return config.max_suffix_length + 1
+
+
 def suffix_tokens(length: int) -> list[str]:
     """The shared suffix of ``length`` tokens: the first ``length-1`` suffix words closed by "."."""
     if not isinstance(length, (int, np.integer)) or not 0 <= length <= MAX_SUFFIX_LENGTH:

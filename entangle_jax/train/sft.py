@@ -20,15 +20,11 @@ from tqdm.auto import tqdm
 from entangle_jax.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from entangle_jax.config import DataConfig, ModelConfig, SFTConfig, config_hash
 from entangle_jax.data.pairs import Responses, encode_responses
-from entangle_jax.data.sentiment import SentimentData, make_sentiment_data, response_words
+from entangle_jax.data.sentiment import (SentimentData, make_sentiment_data, response_window,
+                                         response_words)
 from entangle_jax.data.vocab import SPECIAL_TOKENS
 from entangle_jax.logprob import lm_loss
 from entangle_jax.model import init_model
-
-
-def response_window(data_config: DataConfig) -> int:
-    """Response slots per sequence: the sentiment token plus the longest suffix."""
-    return data_config.max_suffix_length + 1
 
 
 def sft_batch(data: SentimentData, config: SFTConfig, seq_len: int,
