@@ -8,10 +8,19 @@ and with per-token gradients ``g_w^i = ∇_θ log π_θ(y_w,i | x, y_w,<i)`` the
 
     cross[i, j] = ⟨g_w^i, g_l^j⟩,  chosen[i, j] = ⟨g_w^i, g_w^j⟩,  rejected[i, j] = ⟨g_l^i, g_l^j⟩,
 
-so that ``Σ_ij cross[i, j] = inner``. Per-example gradients come from ``jax.vmap`` of ``jax.grad``
-(``jax.jacrev`` per token) and are contracted leaf by leaf, never concatenated into one flat vector.
-Pairs are processed in fixed-size chunks, so memory is bounded by the chunk and one compiled function
-serves every chunk and every suffix length.
+so that ``Σ_ij cross[i, j] = inner``, and the sequence-level Gram ``K[a, b] = ⟨g_a, g_b⟩`` over all
+responses of a batch. Each takes ``implementation=`` (as neural-tangents' ``empirical_ntk_fn``):
+
+- ``"materialize"``: per-example gradients from ``jax.vmap`` of ``jax.grad`` (``jax.jacrev`` per
+  token), contracted leaf by leaf, never concatenated into one flat vector — the reference;
+- ``"structured"``: ghost inner products ``⟨X_aᵀG_a, X_bᵀG_b⟩ = ⟨X_a X_bᵀ, G_a G_bᵀ⟩`` from each
+  dense layer's inputs and output cotangents (``entangle_jax.ghost``); no per-example gradient of a
+  weight matrix is ever formed;
+- ``"auto"``: per parameter leaf, the cheaper of the ghost product and the outer product ``Xᵀ G``
+  formed from the same taps, by a flop count under a memory budget (``ghost.plan_leaves``).
+
+All return the same numbers to float32 rounding. Pairs are processed in fixed-size chunks, so memory is
+bounded by the chunk and one compiled function serves every chunk and every suffix length.
 """
 
 from __future__ import annotations
@@ -24,8 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from entangle_jax.data.pairs import Pairs
+from entangle_jax import ghost
+from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.logprob import sequence_logprob, token_logprobs
+
+#: The strategies every Gram function accepts as ``implementation=``.
+IMPLEMENTATIONS = ("materialize", "structured", "auto")
 
 
 def param_group(path: tuple) -> str:
@@ -98,6 +111,19 @@ class PairGeometry:
         return out
 
 
+def _check_implementation(implementation: str) -> None:
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation={implementation!r} is invalid: one of "
+                         f"{', '.join(map(repr, IMPLEMENTATIONS))}")
+
+
+def _plan(params, implementation: str, seq: "Responses", *, per_token: bool, n_sequences: int,
+          n_blocks: int) -> tuple[str, ...]:
+    return ghost.plan_leaves(params, implementation, seq_len=seq.tokens.shape[-1],
+                             rows=seq.window if per_token else 1, n_sequences=n_sequences,
+                             n_blocks=n_blocks)
+
+
 @partial(jax.jit, static_argnums=0)
 def _pair_geometry_chunk(graphdef, params, pairs: Pairs):
     value_and_grad = jax.value_and_grad(partial(sequence_logprob, graphdef))
@@ -111,12 +137,39 @@ def _pair_geometry_chunk(graphdef, params, pairs: Pairs):
     return jax.vmap(one)(pairs)
 
 
+def _features(graphdef, params, seq: Responses, plan, *, per_token: bool):
+    logp, taps = ghost.record_taps(graphdef, params, seq, per_token=per_token)
+    return logp, ghost.prepare(taps, params, plan)
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def _structured_pair_geometry_chunk(graphdef, params, pairs: Pairs, plan):
+    terms = ghost.leaf_terms(params)
+
+    def one(pair: Pairs):
+        logp_w, f_w = _features(graphdef, params, pair.chosen, plan, per_token=False)
+        logp_l, f_l = _features(graphdef, params, pair.rejected, plan, per_token=False)
+        block = lambda a, b: ghost.leaf_grams(a, b, terms)[:, 0, 0]  # noqa: E731
+        return logp_w.sum(), logp_l.sum(), block(f_w, f_w).sum(), block(f_l, f_l).sum(), \
+            block(f_w, f_l)
+
+    return jax.vmap(one)(pairs)
+
+
 def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int = 32,
-                  progress: Callable | None = None) -> PairGeometry:
+                  progress: Callable | None = None,
+                  implementation: str = "materialize") -> PairGeometry:
     """log π_w, log π_l, ‖g_w‖², ‖g_l‖², ⟨g_w, g_l⟩ (and its split by leaf) for every pair.
 
-    Memory is bounded by ``chunk_size`` pairs' gradients (2 · chunk_size · P floats)."""
-    fn = partial(_pair_geometry_chunk, graphdef, params)
+    Memory is bounded by ``chunk_size`` pairs: their gradients (2 · chunk_size · P floats) with
+    ``materialize``, their layer inputs and output cotangents with ``structured``."""
+    _check_implementation(implementation)
+    if implementation == "materialize":
+        fn = partial(_pair_geometry_chunk, graphdef, params)
+    else:
+        plan = _plan(params, implementation, pairs.chosen, per_token=False,
+                     n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
+        fn = lambda chunk: _structured_pair_geometry_chunk(graphdef, params, chunk, plan)  # noqa: E731
     logp_w, logp_l, sq_w, sq_l, leaf_inner = _chunked(fn, pairs, chunk_size, progress)
     return PairGeometry(logp_w, logp_l, sq_w, sq_l, leaf_inner.sum(-1), leaf_inner,
                         tuple(leaf_groups(params)))
@@ -142,12 +195,99 @@ def _token_grams_chunk(graphdef, params, pairs: Pairs):
     return jax.vmap(one)(pairs)
 
 
+@partial(jax.jit, static_argnums=(0, 3))
+def _structured_token_grams_chunk(graphdef, params, pairs: Pairs, plan):
+    terms = ghost.leaf_terms(params)
+
+    def one(pair: Pairs):
+        _, f_w = _features(graphdef, params, pair.chosen, plan, per_token=True)
+        _, f_l = _features(graphdef, params, pair.rejected, plan, per_token=True)
+        gram = lambda a, b: ghost.leaf_grams(a, b, terms).sum(0)  # noqa: E731
+        return gram(f_w, f_l), gram(f_w, f_w), gram(f_l, f_l)
+
+    return jax.vmap(one)(pairs)
+
+
 def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int = 8,
-                progress: Callable | None = None) -> TokenGrams:
+                progress: Callable | None = None,
+                implementation: str = "materialize") -> TokenGrams:
     """Token-wise Gram matrices of every pair; memory is bounded by ``chunk_size`` pairs'
-    per-token Jacobians (2 · chunk_size · R · P floats)."""
-    fn = partial(_token_grams_chunk, graphdef, params)
+    per-token Jacobians (2 · chunk_size · R · P floats) with ``materialize``, by their per-token
+    output cotangents (2 · chunk_size · R · T · Σ widths) with ``structured``."""
+    _check_implementation(implementation)
+    if implementation == "materialize":
+        fn = partial(_token_grams_chunk, graphdef, params)
+    else:
+        plan = _plan(params, implementation, pairs.chosen, per_token=True,
+                     n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
+        fn = lambda chunk: _structured_token_grams_chunk(graphdef, params, chunk, plan)  # noqa: E731
     return TokenGrams(*_chunked(fn, pairs, chunk_size, progress))
+
+
+def pairs_as_responses(pairs: Pairs) -> Responses:
+    """The ``2B`` responses of ``B`` pairs: every chosen response, then every rejected one."""
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), pairs.chosen, pairs.rejected)
+
+
+@partial(jax.jit, static_argnums=0)
+def _materialized_block(graphdef, params, batch: Responses):
+    return jax.vmap(jax.grad(partial(sequence_logprob, graphdef)), in_axes=(None, 0))(params, batch)
+
+
+@jax.jit
+def _materialized_cross(grads_a, grads_b):
+    return sum(jnp.einsum("a...,b...->ab", x, y)
+               for x, y in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)))
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def _structured_block(graphdef, params, batch: Responses, plan):
+    return jax.vmap(lambda s: _features(graphdef, params, s, plan, per_token=False)[1])(batch)
+
+
+@partial(jax.jit, static_argnums=2)
+def _structured_cross(features_a, features_b, terms):
+    one = lambda a, b: ghost.leaf_grams(a, b, list(terms))[:, 0, 0].sum()  # noqa: E731
+    return jax.vmap(lambda a: jax.vmap(lambda b: one(a, b))(features_b))(features_a)
+
+
+def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int = 64,
+                  progress: Callable | None = None,
+                  implementation: str = "materialize") -> np.ndarray:
+    """``[N, N]`` Gram ``K[a, b] = ⟨g_a, g_b⟩`` of the sequence log-prob gradients of every response
+    (for ``Pairs``, the ``2B`` responses of ``pairs_as_responses``: the empirical NTK of the batch).
+
+    Blocks of ``chunk_size`` responses are contracted block pair by block pair, so memory holds two
+    blocks' gradients (or taps) at a time; the diagonal block is computed once."""
+    _check_implementation(implementation)
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size={chunk_size} is invalid: must be a positive integer")
+    if isinstance(batch, Pairs):
+        batch = pairs_as_responses(batch)
+    if implementation == "materialize":
+        block = partial(_materialized_block, graphdef, params)
+        cross = _materialized_cross
+    else:
+        n_blocks = -(-int(batch.tokens.shape[0]) // chunk_size)
+        plan = _plan(params, implementation, batch, per_token=False,
+                     n_sequences=chunk_size * min(2, n_blocks), n_blocks=chunk_size**2)
+        block = lambda b: _structured_block(graphdef, params, b, plan)  # noqa: E731
+        terms = tuple(ghost.leaf_terms(params))
+        cross = lambda a, b: _structured_cross(a, b, terms)  # noqa: E731
+    n = int(batch.tokens.shape[0])
+    starts = range(0, n, chunk_size)
+    index = {lo: np.minimum(np.arange(lo, lo + chunk_size), n - 1) for lo in starts}
+    gram = np.zeros((n, n), np.float64)
+    for i, lo in enumerate(starts):
+        rows = block(batch[index[lo]])
+        for hi in list(starts)[i:]:
+            cols = rows if hi == lo else block(batch[index[hi]])
+            k = np.asarray(cross(rows, cols))[:min(chunk_size, n - lo), :min(chunk_size, n - hi)]
+            gram[lo:lo + k.shape[0], hi:hi + k.shape[1]] = k
+            gram[hi:hi + k.shape[1], lo:lo + k.shape[0]] = k.T
+        if progress is not None:
+            progress(min(lo + chunk_size, n))
+    return gram.astype(np.float32)
 
 
 @struct.dataclass
