@@ -1,5 +1,9 @@
 """Checkpoints without pickle: ``config.json`` (configs + vocabulary) and ``params.npz`` (arrays keyed
-by their parameter path), both written atomically."""
+by their parameter path), both written atomically.
+
+A training run also keeps ``train_state.npz``, everything a resumed run needs in one atomically
+written file: the parameters, the optimizer state, the step, the host RNG state and the hash of
+the configs that made it (a resumed run with other configs is refused)."""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ import json
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
 from entangle_jax.config import ConfigError, DataConfig, ModelConfig, SFTConfig
+from entangle_jax.data.userdata import UserDataConfig
 from entangle_jax.data.vocab import Vocab
 from entangle_jax.io import atomic_write_bytes, atomic_write_json
 from entangle_jax.model import init_model
@@ -33,24 +39,39 @@ class Checkpoint:
     vocab: Vocab
     data_config: DataConfig | None = None
     sft_config: SFTConfig | None = None
+    user_data: UserDataConfig | None = None  # set instead of data_config for a user's file
 
 
 def _path_key(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
-    directory = Path(directory)
-    arrays = {_path_key(p): np.asarray(x)
-              for p, x in jax.tree_util.tree_flatten_with_path(ckpt.params)[0]}
+def _flat_arrays(tree, prefix: str = "") -> dict[str, np.ndarray]:
+    return {prefix + _path_key(p): np.asarray(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    atomic_write_bytes(directory / "params.npz", buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_checkpoint(directory: str | Path, ckpt: Checkpoint, *,
+                    training: dict | None = None) -> Path:
+    """Write ``params.npz`` then ``config.json``; ``training`` (e.g. ``{"step", "steps"}`` of an
+    unfinished run) is recorded in ``config.json`` for the reader."""
+    directory = Path(directory)
+    atomic_write_bytes(directory / "params.npz", _npz_bytes(_flat_arrays(ckpt.params)))
     meta = {"format_version": FORMAT_VERSION,
             "model_config": _asdict(ckpt.model_config),
             "data_config": _asdict(ckpt.data_config),
             "sft_config": _asdict(ckpt.sft_config),
             "vocab": list(ckpt.vocab.words)}
+    if ckpt.user_data is not None:
+        meta["user_data"] = _asdict(ckpt.user_data)
+    if training is not None:
+        meta["training"] = training
     atomic_write_json(directory / "config.json", meta)
     return directory
 
@@ -107,4 +128,85 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
                                                     for p, _ in leaves])
     return Checkpoint(graphdef, params, model_config, vocab,
                       _build(DataConfig, meta.get("data_config"), "data_config"),
-                      _build(SFTConfig, meta.get("sft_config"), "sft_config"))
+                      _build(SFTConfig, meta.get("sft_config"), "sft_config"),
+                      _build(UserDataConfig, meta.get("user_data"), "user_data"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Resumable training state
+# ------------------------------------------------------------------------------------------------
+
+TRAIN_STATE = "train_state.npz"
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """A training run after ``step`` updates. ``rng_state`` is numpy's ``bit_generator.state``;
+    ``configs`` (plain dicts) and their ``config_hash`` identify the run."""
+
+    step: int
+    params: Any
+    opt_state: Any
+    rng_state: dict
+    configs: dict
+    config_hash: str
+
+
+def save_train_state(directory: str | Path, state: TrainState) -> Path:
+    """Write ``directory/train_state.npz`` atomically (one file, so it is always consistent)."""
+    meta = {"format_version": FORMAT_VERSION, "step": state.step, "rng_state": state.rng_state,
+            "configs": state.configs, "config_hash": state.config_hash}
+    arrays = {**_flat_arrays(state.params, "params/"), **_flat_arrays(state.opt_state, "opt/"),
+              "meta": np.asarray(json.dumps(meta, sort_keys=True))}
+    return atomic_write_bytes(Path(directory) / TRAIN_STATE, _npz_bytes(arrays))
+
+
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} → {b!r}")
+    return out
+
+
+def _restore(stored: dict, prefix: str, template, path: Path):
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    restored = []
+    for p, ref in leaves:
+        key = prefix + _path_key(p)
+        ref = np.asarray(ref)
+        if key not in stored or stored[key].shape != ref.shape or stored[key].dtype != ref.dtype:
+            raise CheckpointError(f"{path}: {key} is missing or has another shape/dtype than "
+                                  "this run expects")
+        restored.append(jax.numpy.asarray(stored[key]))
+    return jax.tree_util.tree_unflatten(treedef, restored)
+
+
+def load_train_state(directory: str | Path, params_template, opt_template, configs: dict,
+                     config_hash: str) -> TrainState | None:
+    """The saved state of the run in ``directory`` (None when there is none). A corrupt file, or
+    one written by a run with other configs, raises ``CheckpointError`` listing the differences."""
+    path = Path(directory) / TRAIN_STATE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            stored = {k: npz[k] for k in npz.files}
+        meta = json.loads(str(stored.pop("meta")))
+        step, rng_state = int(meta["step"]), meta["rng_state"]
+        saved_configs, saved_hash = meta["configs"], meta["config_hash"]
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as err:
+        raise CheckpointError(f"corrupt training state {path}: {err}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format_version {meta.get('format_version')!r}; "
+                              f"expected {FORMAT_VERSION}")
+    if saved_hash != config_hash:
+        diff = _differences(saved_configs, configs) or ["(configs equal, hash differs)"]
+        raise CheckpointError(f"{path} was written by a run with other settings (config hash "
+                              f"{saved_hash} ≠ {config_hash}): {'; '.join(diff[:4])}")
+    return TrainState(step, _restore(stored, "params/", params_template, path),
+                      _restore(stored, "opt/", opt_template, path), rng_state, saved_configs,
+                      saved_hash)

@@ -2,9 +2,23 @@
 
 The result is a JSON-ready dict (a stable contract, documented in the README)::
 
-    {"config": {...}, "results": [{"suffix_length": L, "summary": {...},
+    {"config": {...}, "provenance": {"config_hash", "versions", "backend"},
+     "results": [{"suffix_length": L, "summary": {...},
       "pairs": [{"prompt", "chosen", "rejected", "logp_w", "logp_l", "sq_norm_w", "sq_norm_l",
                  "inner", "cosine", "token_gram": [[⟨g_w^i, g_l^j⟩]], "groups": {group: inner}}]}]}
+
+On a user's preference file (``measure_user_data``) the same contract holds with L the number of
+tokens the two responses share at their end (pairs are grouped by it), and each pair also carries
+its token-level diff and the split of ⟨g_w, g_l⟩ over it: with the chosen tokens cut into
+prefix P, span S_w, suffix Q and the rejected ones into P, S_l, Q,
+
+    block_inner[a][b] = Σ_{i ∈ a(chosen), j ∈ b(rejected)} ⟨g_w^i, g_l^j⟩,   a, b ∈ (P, S, Q)
+    span_inner = block_inner[S][S],   shared_inner = Σ token_gram − span_inner,
+
+so ``shared_inner`` is everything a shared token takes part in (the paper's entangled terms), and
+``first_diff_inner`` = ⟨g_w^i, g_l^i⟩ at the first differing token i = |P| (null if a span is
+empty), which the summary reports as ``sentiment_token_inner`` (on the sentiment task that token
+is the sentiment token).
 """
 
 from __future__ import annotations
@@ -14,12 +28,15 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from entangle_jax.checkpoint import Checkpoint
+from entangle_jax.checkpoint import Checkpoint, CheckpointError
 from entangle_jax.config import ConfigError, to_dict
 from entangle_jax.data.pairs import sentiment_pairs
 from entangle_jax.data.sentiment import (Statement, make_sentiment_data, response_window,
                                          response_words)
+from entangle_jax.data.userdata import PreferenceData, user_pairs
 from entangle_jax.gradients import pair_geometry, token_grams
+from entangle_jax.guards import check_array_finite
+from entangle_jax.provenance import provenance
 
 
 def sample_statements(statements: Sequence[Statement], n_pairs: int, seed: int) -> list[Statement]:
@@ -81,11 +98,115 @@ def measure(ckpt: Checkpoint, suffix_lengths: Sequence[int], n_pairs: int = 64, 
     config = {"model": to_dict(ckpt.model_config), "data": to_dict(ckpt.data_config),
               "sft": None if ckpt.sft_config is None else to_dict(ckpt.sft_config),
               "n_pairs": n_pairs, "seed": seed, "suffix_lengths": list(suffix_lengths)}
-    return {"config": config, "results": results}
+    return {"config": config, "results": results, "provenance": provenance(config)}
+
+
+def _summary_or_null(values: list) -> dict:
+    """``summarize`` over the defined (non-null) values; every statistic null when there are none."""
+    defined = np.asarray([v for v in values if v is not None], float)
+    if defined.size == 0:
+        return {"mean": None, "std": None, "median": None, "frac_negative": None}
+    return summarize(defined)
+
+
+def _blocks(gram: np.ndarray, diff) -> list[list[float]]:
+    """3×3 sums of the cross Gram over (prefix, span, suffix) of chosen × rejected."""
+    cuts_w = np.cumsum([0, diff.prefix, diff.chosen_span, diff.suffix])
+    cuts_l = np.cumsum([0, diff.prefix, diff.rejected_span, diff.suffix])
+    return [[float(gram[cuts_w[a]:cuts_w[a + 1], cuts_l[b]:cuts_l[b + 1]].sum())
+             for b in range(3)] for a in range(3)]
+
+
+def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64, seed: int = 0,
+                      progress: bool = True) -> dict:
+    """Measure ``n_pairs`` records of a user's file (drawn without replacement for ``seed``),
+    grouped by shared suffix length; the ``measure.json`` contract plus per-pair diagnostics."""
+    if ckpt.vocab != data.vocab:
+        raise CheckpointError(f"the checkpoint was trained on another vocabulary than "
+                              f"{data.config.path} builds ({len(ckpt.vocab)} vs {len(data.vocab)} "
+                              "words); train it on this file (--data) with the same --vocab-size")
+    if not isinstance(n_pairs, int) or n_pairs <= 0:
+        raise ConfigError(f"pairs={n_pairs!r} is invalid: must be a positive integer")
+    if n_pairs > len(data.records):
+        raise ConfigError(f"pairs={n_pairs} is invalid: {data.config.path} holds only "
+                          f"{len(data.records)} usable pairs")
+    idx = sorted(int(i) for i in np.random.default_rng(seed).choice(len(data.records), n_pairs,
+                                                                     replace=False))
+    pairs, dropped = user_pairs(data, idx, ckpt.model_config.max_len)
+    bar = tqdm(total=2 * n_pairs, desc="measure", disable=not progress, leave=False)
+    geo = pair_geometry(ckpt.graphdef, ckpt.params, pairs,
+                        progress=lambda done: bar.update(done - bar.n))
+    grams = token_grams(ckpt.graphdef, ckpt.params, pairs,
+                        progress=lambda done: bar.update(n_pairs + done - bar.n))
+    bar.close()
+    where = [data.records[i].where for i in idx]
+    for name, values in (("log π_w", geo.logp_w), ("log π_l", geo.logp_l),
+                         ("‖g_w‖²", geo.sq_norm_w), ("‖g_l‖²", geo.sq_norm_l),
+                         ("⟨g_w, g_l⟩", geo.inner)):
+        check_array_finite(name, values, where)
+    diffs = data.diffs()
+    groups = geo.group_inner()
+    by_suffix: dict[int, list[dict]] = {}
+    for k, i in enumerate(idx):
+        record, diff = data.records[i], diffs[i]
+        gram = grams.cross[k, :diff.chosen_length, :diff.rejected_length].astype(float)
+        blocks = _blocks(gram, diff)
+        first = (float(gram[diff.prefix, diff.prefix])
+                 if diff.chosen_span and diff.rejected_span else None)
+        by_suffix.setdefault(diff.suffix, []).append({
+            "prompt": " ".join(record.prompt), "chosen": " ".join(record.chosen),
+            "rejected": " ".join(record.rejected), "where": record.where,
+            "logp_w": float(geo.logp_w[k]), "logp_l": float(geo.logp_l[k]),
+            "sq_norm_w": float(geo.sq_norm_w[k]), "sq_norm_l": float(geo.sq_norm_l[k]),
+            "inner": float(geo.inner[k]), "cosine": float(geo.cosine[k]),
+            "token_gram": gram.tolist(),
+            "groups": {g: float(v[k]) for g, v in groups.items()},
+            "diff": diff.as_dict(), "block_inner": blocks,
+            "span_inner": blocks[1][1], "shared_inner": float(gram.sum()) - blocks[1][1],
+            "first_diff_inner": first, "prompt_tokens_dropped": int(dropped[k]),
+        })
+    results = []
+    for length in sorted(by_suffix):
+        recs = by_suffix[length]
+        summary = {key: _summary_or_null([r[key] for r in recs])
+                   for key in ("inner", "cosine", "sq_norm_w", "sq_norm_l", "span_inner",
+                               "shared_inner")}
+        summary["sentiment_token_inner"] = _summary_or_null([r["first_diff_inner"] for r in recs])
+        results.append({"suffix_length": length, "n_pairs": len(recs), "summary": summary,
+                        "pairs": recs})
+    config = {"model": to_dict(ckpt.model_config), "data": to_dict(data.config),
+              "sft": None if ckpt.sft_config is None else to_dict(ckpt.sft_config),
+              "n_pairs": n_pairs, "seed": seed, "suffix_lengths": sorted(by_suffix),
+              "source": "data", "n_records": len(data.records)}
+    return {"config": config, "results": results, "skipped_records": list(data.skipped),
+            "provenance": provenance(config)}
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def format_user_table(report: dict) -> str:
+    """A Markdown table of a ``measure_user_data`` report, one row per shared suffix length."""
+    rows = ["| shared suffix L | pairs | ⟨g_w,g_l⟩ mean ± sd | frac < 0 | cosine mean "
+            "| span×span terms mean | shared-token terms mean | first differing token "
+            "⟨g_w^i,g_l^i⟩ mean | frac < 0 |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        s = r["summary"]
+        rows.append(f"| {r['suffix_length']} | {r['n_pairs']} "
+                    f"| {s['inner']['mean']:.4g} ± {s['inner']['std']:.3g} "
+                    f"| {s['inner']['frac_negative']:.2f} | {s['cosine']['mean']:.3f} "
+                    f"| {s['span_inner']['mean']:.4g} | {s['shared_inner']['mean']:.4g} "
+                    f"| {_fmt(s['sentiment_token_inner']['mean'], '.4g')} "
+                    f"| {_fmt(s['sentiment_token_inner']['frac_negative'], '.2f')} |")
+    return "\n".join(rows)
 
 
 def format_table(report: dict) -> str:
     """A Markdown table of the per-suffix-length summaries of a ``measure`` report."""
+    if report["config"].get("source") == "data":
+        return format_user_table(report)
     rows = ["| L | ⟨g_w,g_l⟩ mean ± sd | frac < 0 | cosine mean | ‖g_w‖² mean | ‖g_l‖² mean "
             "| ⟨g_w^0,g_l^0⟩ mean | frac < 0 |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -13,6 +13,8 @@ import sys
 
 from entangle_jax.checkpoint import CheckpointError
 from entangle_jax.config import ConfigError
+from entangle_jax.data.userdata import DataError
+from entangle_jax.guards import NonFiniteError
 
 #: Subcommand name → module under ``entangle_jax.cli`` (imported only when that command runs).
 COMMANDS = {
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return int(args.run(args) or 0)
-    except (UsageError, ConfigError, CheckpointError, FileNotFoundError) as err:
+    except (UsageError, ConfigError, CheckpointError, DataError, NonFiniteError,
+            FileNotFoundError) as err:
         print(f"entangle: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+import sys
+
 from entangle_jax.config import DataConfig, ModelConfig, SFTConfig
+from entangle_jax.data.userdata import UserDataConfig
 
 
 def positive_int(text: str) -> int:
@@ -47,6 +50,9 @@ def add_sft_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--layers", type=positive_int, default=m.n_layers)
     g.add_argument("--width", type=positive_int, default=m.d_model)
     g.add_argument("--heads", type=positive_int, default=m.n_heads)
+    g.add_argument("--max-len", type=positive_int, default=m.max_len,
+                   help="model context in tokens: <bos> + prompt + response; a longer prompt keeps "
+                        f"its last tokens (default {m.max_len})")
     g.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of the initialization, the SFT batches and the eval sample")
 
@@ -54,8 +60,60 @@ def add_sft_options(parser: argparse.ArgumentParser) -> None:
 def configs_from_args(args) -> tuple[ModelConfig, DataConfig, SFTConfig]:
     """The configs the options describe (validated: a bad value raises ConfigError)."""
     model = ModelConfig(d_model=args.width, n_layers=args.layers, n_heads=args.heads,
-                        d_mlp=4 * args.width)
+                        d_mlp=4 * args.width, max_len=args.max_len)
     sft = SFTConfig(steps=args.steps, batch_size=args.batch_size,
                     learning_rate=args.learning_rate, label_flip=args.label_flip,
                     suffix=args.suffix, pretrain_steps=args.pretrain_steps, seed=args.seed)
     return model, DataConfig(), sft
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--data FILE`` (a user's preference pairs instead of the sentiment task) and its options."""
+    g = parser.add_argument_group("your own preference pairs (docs/user-data.md)")
+    g.add_argument("--data", metavar="FILE",
+                   help="preference pairs in TRL's format: .jsonl, .json or .csv records with "
+                        "prompt, chosen, rejected (text or {role, content} messages); the model "
+                        "is fine-tuned on prompt + chosen")
+    g.add_argument("--vocab-size", type=positive_int, default=UserDataConfig.vocab_size,
+                   help="vocabulary cap, special tokens included; rarer words become <unk> "
+                        f"(default {UserDataConfig.vocab_size})")
+    g.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip records that are not JSON or not valid pairs (each is reported) "
+                        "instead of stopping at the first")
+
+
+def add_resume_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("checkpoints")
+    g.add_argument("--checkpoint-every", type=nonnegative_int, default=50,
+                   help="save the resumable training state every N steps, atomically (default "
+                        "50; 0: only at the end)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run saved in --out (same settings required)")
+
+
+def warn(message: str) -> None:
+    print(f"entangle: warning: {message}", file=sys.stderr)
+
+
+def user_data_from_args(args, model_config: ModelConfig):
+    """The ``--data`` file loaded and validated (None without ``--data``); skipped records and
+    truncated prompts are reported on stderr."""
+    if not getattr(args, "data", None):
+        return None
+    from entangle_jax.data.userdata import load_user_data
+
+    data = load_user_data(args.data, vocab_size=args.vocab_size,
+                          skip_bad_lines=args.skip_bad_lines)
+    report_user_data(data, model_config)
+    return data
+
+
+def report_user_data(data, model_config: ModelConfig) -> None:
+    from entangle_jax.data.userdata import check_context
+
+    for message in data.skipped:
+        warn(f"skipped {message}")
+    truncated = check_context(data, model_config.max_len)
+    if truncated:
+        warn(f"{truncated} of {len(data.records)} prompts are longer than the context of "
+             f"{model_config.max_len} tokens allows; they keep their last tokens (--max-len)")

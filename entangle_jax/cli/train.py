@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-from entangle_jax.cli.common import add_sft_options, configs_from_args
+from entangle_jax.cli.common import (add_data_options, add_resume_options, add_sft_options,
+                                     configs_from_args, user_data_from_args, warn)
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="fine-tune a small transformer on the sentiment task, write a checkpoint",
         description="Supervised fine-tuning (optax AdamW) on prompt + true-sentiment response. "
-                    "Writes OUT/config.json and OUT/params.npz.")
+                    "Writes OUT/config.json and OUT/params.npz, the resumable OUT/train_state.npz "
+                    "and the per-step log OUT/metrics.jsonl.")
     parser.add_argument("--out", default="runs/sft", help="checkpoint directory (default runs/sft)")
     add_sft_options(parser)
+    add_data_options(parser)
+    add_resume_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from entangle_jax.checkpoint import save_checkpoint
     from entangle_jax.data.sentiment import make_sentiment_data
-    from entangle_jax.train.sft import train_sft
+    from entangle_jax.train.sft import saved_step, train_sft
 
     model_config, data_config, sft_config = configs_from_args(args)
-    ckpt = train_sft(model_config, make_sentiment_data(data_config), sft_config)
-    save_checkpoint(args.out, ckpt)
+    data = user_data_from_args(args, model_config) or make_sentiment_data(data_config)
+    if args.resume and saved_step(args.out) is None:
+        warn(f"--resume: no saved training state in {args.out}; starting from step 0")
+    train_sft(model_config, data, sft_config, out_dir=args.out,
+              checkpoint_every=args.checkpoint_every, resume=args.resume)
     print(f"wrote checkpoint {args.out} ({sft_config.steps} SFT steps)")
     return 0

@@ -4,11 +4,23 @@ The loss is the mean next-token negative log-likelihood of ``<bos> x y`` (``logp
 options reach each regime of the theorems: ``label_flip`` keeps the model uncertain between Positive
 and Negative; ``suffix="fixed"`` makes the suffix deterministic; ``steps=0`` keeps the random
 initialization; ``pretrain_steps`` first trains on statements followed by random vocabulary words.
+
+A user's preference file (``PreferenceData``) trains the same way on prompt + chosen (``label_flip``
+swaps in the rejected response; ``suffix`` does not apply).
+
+With ``out_dir`` the run is resumable: every ``checkpoint_every`` steps and at the end it writes
+``train_state.npz`` and the checkpoint atomically, and each step appends one line to
+``metrics.jsonl`` (``{"step", "phase", "loss", "grad_norm"}``). ``resume=True`` continues from the
+saved step with the saved optimizer and RNG state and cuts the log back to that step, so a run
+killed and resumed ends with the same parameters and log as one never interrupted. A NaN or Inf
+in the loss, the gradient or the updated parameters stops the run (``NonFiniteError`` naming the
+step) before anything is saved, so the last checkpoint on disk stays the last good one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import jax
@@ -17,14 +29,22 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from entangle_jax.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from entangle_jax.config import DataConfig, ModelConfig, SFTConfig, config_hash
+from entangle_jax.checkpoint import (TRAIN_STATE, Checkpoint, CheckpointError, TrainState,
+                                     load_checkpoint, load_train_state, save_checkpoint,
+                                     save_train_state)
+from entangle_jax.config import DataConfig, ModelConfig, SFTConfig, config_hash, to_dict
+from entangle_jax.data import userdata
 from entangle_jax.data.pairs import Responses, encode_responses
 from entangle_jax.data.sentiment import (SentimentData, make_sentiment_data, response_window,
                                          response_words)
 from entangle_jax.data.vocab import SPECIAL_TOKENS
+from entangle_jax.guards import check_finite, finite_flags
+from entangle_jax.io import atomic_write_text
 from entangle_jax.logprob import lm_loss
 from entangle_jax.model import init_model
+from entangle_jax.provenance import json_hash
+
+METRICS = "metrics.jsonl"
 
 
 def sft_batch(data: SentimentData, config: SFTConfig, seq_len: int,
@@ -54,29 +74,118 @@ def pretrain_batch(data: SentimentData, config: SFTConfig, seq_len: int,
     return encode_responses(data.vocab, [s.prompt for s in statements], responses, seq_len, window)
 
 
-def train_sft(model_config: ModelConfig, data: SentimentData, config: SFTConfig, *,
-              progress: bool = True) -> Checkpoint:
-    """Train from the initialization of ``config.seed``; returns the trained checkpoint."""
+def _batch_makers(data):
+    """(pretrain, sft) batch functions ``(config, seq_len, rng) -> Responses`` for ``data``."""
+    if isinstance(data, userdata.PreferenceData):
+        return (lambda c, t, rng: userdata.pretrain_batch(data, c.batch_size, t, rng),
+                lambda c, t, rng: userdata.sft_batch(data, c.label_flip, c.batch_size, t, rng))
+    return (lambda c, t, rng: pretrain_batch(data, c, t, rng),
+            lambda c, t, rng: sft_batch(data, c, t, rng))
+
+
+def run_configs(model_config: ModelConfig, data, config: SFTConfig) -> dict:
+    """The settings that identify a run (model, data, SFT), as plain dicts."""
+    return {"model": to_dict(model_config), "data": to_dict(data.config), "sft": to_dict(config)}
+
+
+def _kept_metrics(path: Path, step: int) -> str:
+    """The complete lines of the metrics log up to ``step`` (a killed run may have written more,
+    or half a line)."""
+    if not path.is_file():
+        return ""
+    kept = []
+    for line in path.read_text("utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not line.endswith("\n") or record["step"] > step:
+            break
+        kept.append(line)
+    return "".join(kept)
+
+
+def saved_step(directory: str | Path) -> int | None:
+    """The step of the training state saved in ``directory`` (None when there is none)."""
+    path = Path(directory) / TRAIN_STATE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return int(json.loads(str(npz["meta"]))["step"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as err:
+        raise CheckpointError(f"corrupt training state {path}: {err}") from None
+
+
+def train_sft(model_config: ModelConfig, data, config: SFTConfig, *, progress: bool = True,
+              out_dir: str | Path | None = None, checkpoint_every: int = 0,
+              resume: bool = False) -> Checkpoint:
+    """Train from the initialization of ``config.seed`` on ``data`` (``SentimentData`` or
+    ``PreferenceData``); returns the trained checkpoint. See the module docstring for
+    ``out_dir``, ``checkpoint_every`` and ``resume``."""
     model_config = _with_vocab(model_config, data)
     graphdef, params = nnx.split(init_model(model_config, seed=config.seed))
     tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
     opt_state = tx.init(params)
+    rng = np.random.default_rng([config.seed, 1])
+    total = config.pretrain_steps + config.steps
+    configs = run_configs(model_config, data, config)
+    start, out, log = 0, None if out_dir is None else Path(out_dir), None
+    if out is not None:
+        step_on_disk = saved_step(out)
+        if resume and step_on_disk is not None:
+            state = load_train_state(out, params, opt_state, configs, json_hash(configs))
+            params, opt_state, start = state.params, state.opt_state, state.step
+            rng.bit_generator.state = state.rng_state
+        elif step_on_disk is not None and step_on_disk < total:
+            raise CheckpointError(f"{out} holds an unfinished run (step {step_on_disk} of its "
+                                  "run); pass --resume to continue it or choose another --out")
+        atomic_write_text(out / METRICS, _kept_metrics(out / METRICS, start))
+        log = open(out / METRICS, "a", encoding="utf-8")
+
+    def checkpoint(p) -> Checkpoint:
+        user = isinstance(data, userdata.PreferenceData)
+        return Checkpoint(graphdef, p, model_config, data.vocab, None if user else data.config,
+                          config, data.config if user else None)
 
     @jax.jit
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(lambda p: lm_loss(graphdef, p, batch))(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        flags = finite_flags(loss=loss, gradient=grads, parameters=new_params)
+        return new_params, new_opt_state, loss, optax.tree.norm(grads), flags
 
-    rng = np.random.default_rng([config.seed, 1])
-    phases = [("pretrain", config.pretrain_steps, pretrain_batch), ("sft", config.steps, sft_batch)]
-    for name, steps, make_batch in phases:
-        bar = tqdm(range(steps), desc=name, disable=not progress or steps == 0, leave=False)
-        for _ in bar:
-            params, opt_state, loss = step(params, opt_state,
-                                           make_batch(data, config, model_config.max_len, rng))
+    pretrain, sft = _batch_makers(data)
+    last_saved = start if start > 0 else None
+    bar = tqdm(range(start, total), initial=start, total=total, desc="sft",
+               disable=not progress or total == 0, leave=False)
+    try:
+        for k in bar:
+            phase, make_batch = ("pretrain", pretrain) if k < config.pretrain_steps else ("sft", sft)
+            new = step(params, opt_state, make_batch(config, model_config.max_len, rng))
+            kept = ("" if out is None else f"; no checkpoint was saved yet in {out}"
+                    if last_saved is None else f"; last good checkpoint: {out} (step {last_saved})")
+            check_finite(k + 1, new[4], context=kept)
+            params, opt_state, loss, grad_norm = new[:4]
             bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
-    return Checkpoint(graphdef, params, model_config, data.vocab, data.config, config)
+            if log is not None:
+                log.write(json.dumps({"step": k + 1, "phase": phase, "loss": float(loss),
+                                      "grad_norm": float(grad_norm)}) + "\n")
+                log.flush()
+                if (checkpoint_every and (k + 1) % checkpoint_every == 0) or k + 1 == total:
+                    save_train_state(out, TrainState(k + 1, params, opt_state,
+                                                     rng.bit_generator.state, configs,
+                                                     json_hash(configs)))
+                    save_checkpoint(out, checkpoint(params), training={"step": k + 1,
+                                                                       "steps": total})
+                    last_saved = k + 1
+    finally:
+        if log is not None:
+            log.close()
+    if out is not None and total == 0:
+        save_checkpoint(out, checkpoint(params), training={"step": 0, "steps": 0})
+    return checkpoint(params)
 
 
 def _with_vocab(model_config: ModelConfig, data: SentimentData) -> ModelConfig:
@@ -86,7 +195,15 @@ def _with_vocab(model_config: ModelConfig, data: SentimentData) -> ModelConfig:
 def cached_sft(model_config: ModelConfig, data_config: DataConfig, sft_config: SFTConfig, *,
                cache_dir: str | Path = ".cache/models", progress: bool = True) -> Checkpoint:
     """Train (or reuse from ``cache_dir``, keyed by the configs' hash) an SFT checkpoint."""
-    data = make_sentiment_data(data_config)
+    return cached_sft_on(model_config, make_sentiment_data(data_config), sft_config,
+                         cache_dir=cache_dir, progress=progress)
+
+
+def cached_sft_on(model_config: ModelConfig, data, sft_config: SFTConfig, *,
+                  cache_dir: str | Path = ".cache/models", progress: bool = True) -> Checkpoint:
+    """``cached_sft`` for built data (``SentimentData`` or ``PreferenceData``: a user file is keyed
+    by its content hash too)."""
+    data_config = data.config
     model_config = _with_vocab(model_config, data)
     directory = Path(cache_dir) / config_hash(model_config, data_config, sft_config)
     try:
