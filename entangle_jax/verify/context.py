@@ -1,0 +1,96 @@
+"""One trained model of one regime and seed, with its measurements computed once and shared.
+
+Several claims need the same numbers (⟨g_w, g_l⟩ at every suffix length feeds Theorems 1 and 3);
+``ModelContext`` computes each on first use and keeps it. Its parameters are cast to the run's
+precision (float64 by default, so that signs of small inner products are trustworthy); every
+computation on them, and the context's construction, must run inside ``precision_scope(settings)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from functools import cached_property
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from entangle_jax.checkpoint import Checkpoint
+from entangle_jax.data.pairs import Pairs, sentiment_pairs
+from entangle_jax.data.sentiment import SentimentData, make_sentiment_data, response_window
+from entangle_jax.gradients import OutputLayerCheck, PairGeometry, TokenGrams, output_layer_check
+from entangle_jax.gradients import pair_geometry, token_grams
+from entangle_jax.model import init_model
+from entangle_jax.verify.ntk import SentimentNTK, sentiment_ntk
+from entangle_jax.verify.regimes import Regime, VerifySettings
+
+
+def precision_scope(settings: VerifySettings):
+    """``jax.enable_x64`` for a float64 run, nothing for float32."""
+    if settings.precision == "float64":
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+class ModelContext:
+    """The model of ``regime`` at ``seed`` and its lazily computed measurements."""
+
+    def __init__(self, ckpt: Checkpoint, regime: Regime, seed: int, settings: VerifySettings):
+        self.ckpt, self.regime, self.seed, self.settings = ckpt, regime, seed, settings
+        # the graph of a model built in the run's precision: a float32 graph would still cast the
+        # embedding table to float32 inside the forward pass
+        config = dataclasses.replace(ckpt.model_config, param_dtype=settings.precision)
+        self.graphdef = nnx.split(init_model(config))[0]
+        dtype = jnp.float64 if settings.precision == "float64" else jnp.float32
+        self.params = jax.tree.map(lambda x: jnp.asarray(x, dtype), ckpt.params)
+        self._pairs: dict[int, Pairs] = {}
+        self._geometry: dict[int, PairGeometry] = {}
+        self._grams: dict[int, TokenGrams] = {}
+
+    @cached_property
+    def data(self) -> SentimentData:
+        return make_sentiment_data(self.settings.data_config(self.seed))
+
+    @property
+    def resolution(self) -> float:
+        return self.settings.resolution
+
+    def pairs(self, suffix_length: int) -> Pairs:
+        """The first ``n_pairs`` eval statements (the split is already shuffled by the data seed)
+        as pairs with a shared suffix of ``suffix_length`` tokens."""
+        if suffix_length not in self._pairs:
+            statements = self.data.eval[:self.settings.n_pairs]
+            self._pairs[suffix_length] = sentiment_pairs(
+                statements, self.ckpt.vocab, suffix_length, self.ckpt.model_config.max_len,
+                response_window(self.data.config))
+        return self._pairs[suffix_length]
+
+    def geometry(self, suffix_length: int) -> PairGeometry:
+        if suffix_length not in self._geometry:
+            self._geometry[suffix_length] = pair_geometry(self.graphdef, self.params,
+                                                          self.pairs(suffix_length))
+        return self._geometry[suffix_length]
+
+    def geometry_by_length(self) -> dict[str, np.ndarray]:
+        """``inner``, ``sq_norm_w``, ``sq_norm_l`` as ``[n_pairs, max_suffix + 1]`` (column L)."""
+        geos = [self.geometry(L) for L in range(self.settings.max_suffix + 1)]
+        return {name: np.stack([getattr(g, name) for g in geos], axis=1)
+                for name in ("inner", "sq_norm_w", "sq_norm_l", "logp_w", "logp_l")}
+
+    def grams(self, suffix_length: int) -> TokenGrams:
+        if suffix_length not in self._grams:
+            self._grams[suffix_length] = token_grams(self.graphdef, self.params,
+                                                     self.pairs(suffix_length))
+        return self._grams[suffix_length]
+
+    @cached_property
+    def output_layer(self) -> OutputLayerCheck:
+        """The unembedding-restricted identity at the sentiment token (p_w, p_l come with it)."""
+        return output_layer_check(self.graphdef, self.params, self.pairs(0))
+
+    @cached_property
+    def ntk(self) -> SentimentNTK:
+        """The explicit logit-eNTK form on the first ``ntk_pairs`` pairs."""
+        return sentiment_ntk(self.graphdef, self.params, self.pairs(0)[:self.settings.ntk_pairs])

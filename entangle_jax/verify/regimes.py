@@ -1,0 +1,114 @@
+"""The regimes every claim is evaluated in, and the settings of a verification run.
+
+A regime is a training recipe (an ``SFTConfig`` without its seed). Seed ``s`` of a regime trains
+with ``SFTConfig(seed=s)`` on the data of ``DataConfig(seed=s)``, so every seed has its own
+initialization, training batches and eval statements. Models are trained by ``cached_sft`` and so
+reused across runs (keyed by the configs' hash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from entangle_jax.config import ConfigError, DataConfig, ModelConfig, SFTConfig
+from entangle_jax.verify.stats import RESOLUTION
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    description: str
+    sft: SFTConfig
+
+    def sft_config(self, seed: int) -> SFTConfig:
+        return dataclasses.replace(self.sft, seed=seed)
+
+
+#: The regime map. The recipes were fixed from what each regime is meant to be, not from the
+#: verdicts they produce.
+REGIMES: tuple[Regime, ...] = (
+    Regime("random_init", "random initialization, no training", SFTConfig(steps=0)),
+    Regime("uncertain_sft", "SFT 300 steps with 30% of the sentiment labels flipped: the model "
+           "stays uncertain between Positive and Negative", SFTConfig(label_flip=0.3)),
+    Regime("confident_sft", "SFT 300 steps on clean labels: the model becomes confident "
+           "(p_w close to 1)", SFTConfig()),
+    Regime("fixed_suffix", "SFT 300 steps, always with the full 12-token suffix: that suffix "
+           "becomes deterministic (a shorter suffix ends with '.' where the model expects the "
+           "next suffix word)", SFTConfig(suffix="fixed")),
+    Regime("pretrained", "300 steps on statements followed by random words (varied "
+           "continuations), then a short SFT of 50 steps: closest to the paper's GPT-2 setting",
+           SFTConfig(pretrain_steps=300, steps=50)),
+)
+
+REGIME_NAMES = tuple(r.name for r in REGIMES)
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """Everything that determines a verification run's numbers (hashed into ``config_hash``).
+
+    ``n_pairs`` eval pairs per seed; suffix lengths run over ``0..data.max_suffix_length``;
+    ``grams_length`` is the suffix length of the token-wise Gram (the paper's long suffix, 6);
+    ``ntk_pairs`` pairs per seed get the explicit logit eNTK; ``precision`` of the gradient
+    arithmetic (the models train in float32; their parameters are cast for the checks)."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    regimes: tuple[Regime, ...] = REGIMES
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_pairs: int = 64
+    grams_length: int = 6
+    ntk_pairs: int = 8
+    precision: str = "float64"
+    n_boot: int = 2000
+
+    def __post_init__(self):
+        name = type(self).__name__
+
+        def require(ok, field, allowed):
+            if not ok:
+                raise ConfigError(f"{name}.{field}={getattr(self, field)!r} is invalid: {allowed}")
+
+        require(len(self.seeds) > 0 and all(isinstance(s, int) and s >= 0 for s in self.seeds)
+                and len(set(self.seeds)) == len(self.seeds), "seeds",
+                "must be distinct integers >= 0, at least one")
+        require(isinstance(self.n_pairs, int) and self.n_pairs >= 2, "n_pairs",
+                "must be an integer >= 2")
+        require(isinstance(self.grams_length, int)
+                and 1 <= self.grams_length <= self.data.max_suffix_length, "grams_length",
+                f"must be an integer in 1..{self.data.max_suffix_length}")
+        require(self.data.max_suffix_length >= 2, "data",
+                "needs max_suffix_length >= 2 (the shortest suffix of the paper has 2 tokens)")
+        require(isinstance(self.ntk_pairs, int) and 1 <= self.ntk_pairs <= self.n_pairs,
+                "ntk_pairs", f"must be an integer in 1..n_pairs={self.n_pairs}")
+        require(self.precision in RESOLUTION, "precision", f"one of {', '.join(RESOLUTION)}")
+        require(isinstance(self.n_boot, int) and self.n_boot >= 100, "n_boot",
+                "must be an integer >= 100")
+        names = [r.name for r in self.regimes]
+        require(len(names) > 0 and len(set(names)) == len(names), "regimes",
+                "must be distinct regimes, at least one")
+
+    @property
+    def resolution(self) -> float:
+        return RESOLUTION[self.precision]
+
+    @property
+    def max_suffix(self) -> int:
+        return self.data.max_suffix_length
+
+    def data_config(self, seed: int) -> DataConfig:
+        return dataclasses.replace(self.data, seed=seed)
+
+    def regime(self, name: str) -> Regime:
+        for r in self.regimes:
+            if r.name == name:
+                return r
+        raise ConfigError(f"regime {name!r} is unknown; known: "
+                          f"{', '.join(r.name for r in self.regimes)}")
+
+
+def quick_settings(**overrides) -> VerifySettings:
+    """A smoke run: one seed and 16 pairs per regime (every check still runs)."""
+    return VerifySettings(**{"seeds": (0,), "n_pairs": 16, "ntk_pairs": 2, "n_boot": 500,
+                             **overrides})

@@ -1,0 +1,82 @@
+"""Run the claims over every regime and seed: train (or reuse) each model once, measure what the
+claims need on it, then judge each claim per regime with all seeds pooled."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from entangle_jax.config import ConfigError
+from entangle_jax.train.sft import cached_sft
+from entangle_jax.verify.claims import CLAIMS, Claim
+from entangle_jax.verify.context import ModelContext, precision_scope
+from entangle_jax.verify.regimes import VerifySettings
+from entangle_jax.verify.report import build_report
+from entangle_jax.verify.rules import Verdict
+
+
+def select_claims(only: Sequence[str] | None = None) -> tuple[Claim, ...]:
+    """The claims named in ``only`` (all when empty), in report order; an unknown id raises."""
+    if not only:
+        return CLAIMS
+    known = {c.id: c for c in CLAIMS}
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise ConfigError(f"claim {unknown[0]!r} is unknown; known: {', '.join(known)}")
+    return tuple(c for c in CLAIMS if c.id in only)
+
+
+def run_verify(settings: VerifySettings, claims: Sequence[Claim] = CLAIMS, *,
+               cache_dir: str | Path = ".cache/models", progress: bool = True,
+               log: Callable[[str], None] = tqdm.write) -> dict:
+    """Evaluate ``claims`` in every regime of ``settings``; returns the verify.json report.
+
+    ``log`` receives one line per model: how long it took to train (or load) and to measure."""
+    for claim in claims:
+        settings.regime(claim.headline_regime)  # raises if the claim's own regime is missing
+    start = time.perf_counter()
+    timings = {"models": {}, "measure": {c.id: 0.0 for c in claims}, "evaluate": 0.0}
+    rows: dict[str, list[dict]] = {c.id: [] for c in claims}
+    units = [(r, s) for r in settings.regimes for s in settings.seeds]
+    bar = tqdm(units, desc="verify", disable=not progress, leave=False)
+    measured: dict[str, list[dict]] = {}
+    for regime, seed in bar:
+        bar.set_postfix_str(f"{regime.name} seed {seed}")
+        if seed == settings.seeds[0]:
+            measured = {c.id: [] for c in claims}
+        t0 = time.perf_counter()
+        ckpt = cached_sft(settings.model, settings.data_config(seed), regime.sft_config(seed),
+                          cache_dir=cache_dir, progress=progress)
+        t_model = time.perf_counter() - t0
+        timings["models"][f"{regime.name}/seed{seed}"] = t_model
+        parts = [f"model {t_model:.1f}s"]
+        with precision_scope(settings):
+            ctx = ModelContext(ckpt, regime, seed, settings)
+            for claim in claims:
+                t0 = time.perf_counter()
+                measured[claim.id].append(claim.measure(ctx))
+                dt = time.perf_counter() - t0
+                timings["measure"][claim.id] += dt
+                parts.append(f"{claim.id} {dt:.1f}s")
+        log(f"{regime.name} seed {seed}: " + ", ".join(parts))
+        if seed == settings.seeds[-1]:
+            t0 = time.perf_counter()
+            for claim in claims:
+                evaluation = claim.evaluate(measured[claim.id], settings)
+                row = evaluation.to_row(regime.name, list(settings.seeds))
+                if regime.name in claim.expected:
+                    verdict, reason = claim.expected[regime.name]
+                    row["expected"] = {"verdict": verdict, "reason": reason,
+                                       "as_expected": row["verdict"] == verdict}
+                rows[claim.id].append(row)
+            timings["evaluate"] += time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - start
+    return build_report(settings, claims, rows, timings)
+
+
+def exit_status(report: dict) -> int:
+    """0 when every claim holds in its own regime, 1 otherwise."""
+    return 0 if all(c["headline_verdict"] == Verdict.HOLDS.value for c in report["claims"]) else 1
