@@ -20,6 +20,7 @@ from entangle_jax.guards import NonFiniteError
 COMMANDS = {
     "train": "train",
     "measure": "measure",
+    "verify": "verify",
 }
 
 
