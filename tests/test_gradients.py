@@ -48,7 +48,7 @@ def test_gradient_matches_finite_differences(tiny_data, make_pairs):
                           d_mlp=32, param_dtype="float64")
         graphdef, params = nnx.split(init_model(cfg, seed=4))
         seq = make_pairs(6).chosen[0]
-        f = lambda p: sequence_logprob(graphdef, p, seq)  # noqa: E731
+        f = jax.jit(lambda p: sequence_logprob(graphdef, p, seq))
         keys = jax.random.split(jax.random.key(0), len(jax.tree.leaves(params)))
         v = jax.tree.unflatten(jax.tree.structure(params),
                                [jax.random.normal(k, x.shape, jnp.float64)
@@ -76,17 +76,14 @@ def test_group_breakdown_sums_to_the_inner_product(tiny_ckpt, make_pairs):
     np.testing.assert_allclose(sum(groups.values()), geo.inner, rtol=1e-5, atol=1e-4)
 
 
-def _per_token_loop(graphdef, params, seq):
-    """Per-token gradients by one jitted grad per response token (no jacrev)."""
-    grad = jax.jit(jax.grad(lambda p, s, i: token_logprobs(graphdef, p, s)[i]))
-    return np.stack([_flat(grad(params, seq, i)) for i in range(int(seq.length))])
-
-
 def _check_token_grams(graphdef, params, pairs):
+    """Compare with per-token gradients from one jitted grad per response token (no jacrev)."""
     grams = token_grams(graphdef, params, pairs, chunk_size=2)
+    grad = jax.jit(jax.grad(lambda p, s, i: token_logprobs(graphdef, p, s)[i]))
+    per_token = lambda seq: np.stack([_flat(grad(params, seq, i))  # noqa: E731
+                                      for i in range(int(seq.length))])
     for k in range(len(pairs)):
-        j_w = _per_token_loop(graphdef, params, pairs.chosen[k])
-        j_l = _per_token_loop(graphdef, params, pairs.rejected[k])
+        j_w, j_l = per_token(pairs.chosen[k]), per_token(pairs.rejected[k])
         n = j_w.shape[0]
         scale = np.abs(j_w @ j_w.T).max()
         np.testing.assert_allclose(grams.cross[k, :n, :n], j_w @ j_l.T, atol=1e-4 * scale)
@@ -132,7 +129,7 @@ def test_closed_form_equals_the_full_models_unembedding_gradient(tiny_ckpt, make
     """Untied, no bias: the full-model gradient restricted to W is (e_k − p) hᵀ exactly."""
     pairs = make_pairs(0)
     check = output_layer_check(tiny_ckpt.graphdef, tiny_ckpt.params, pairs)
-    grad = jax.grad(lambda p, s: sequence_logprob(tiny_ckpt.graphdef, p, s))
+    grad = jax.jit(jax.grad(lambda p, s: sequence_logprob(tiny_ckpt.graphdef, p, s)))
     for k in range(len(pairs)):
         w = np.asarray(grad(tiny_ckpt.params, pairs.chosen[k])["unembed"][...], np.float64)
         l = np.asarray(grad(tiny_ckpt.params, pairs.rejected[k])["unembed"][...], np.float64)
