@@ -1,0 +1,110 @@
+"""``entangle dynamics``: one-step prediction vs. actual change of log π_w, log π_l, per objective
+and pair shape (DESIGN.md §1.2)."""
+
+from __future__ import annotations
+
+import argparse
+
+from entangle_jax.cli.common import nonnegative_int, positive_int
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be > 0")
+    return value
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "dynamics", help="one gradient step per pair: predicted vs. measured Δlog π_w, Δlog π_l",
+        description="For each objective and pair shape: per-pair gradient steps of size η, η/2, "
+                    "η/4, η/8 against the first-order prediction η(d_w‖g_w‖² − d_l⟨g_w,g_l⟩), "
+                    "η(d_w⟨g_w,g_l⟩ − d_l‖g_l‖²): predicted and measured case fractions "
+                    "(1: w↑ l↓, 2: both ↓, 3: both ↑, 4: w↓ l↑), sign agreement, relative error "
+                    "and the fitted order of the error in η; and one batched SGD and Adam step, "
+                    "where the per-pair formula's case is compared with the real one. Default: "
+                    "every objective of the zoo, shapes single, short, long, on the default model.")
+    parser.add_argument("--objective", action="append", metavar="NAME",
+                        help="an objective (repeatable or comma-separated; TRL loss_type names "
+                             "accepted); default: the whole zoo")
+    parser.add_argument("--hparam", action="append", metavar="NAME=VALUE",
+                        help="objective hyperparameter, e.g. beta=0.5 (only with one --objective)")
+    parser.add_argument("--shape", default="single,short,long",
+                        help="pair shapes or suffix lengths, e.g. single,short,long or 0,2,6 "
+                             "(default single,short,long; ignored for a --data checkpoint)")
+    parser.add_argument("--checkpoint", metavar="DIR",
+                        help="a checkpoint from `entangle train` (default: the default model, "
+                             "trained once and cached in .cache/models)")
+    parser.add_argument("--pairs", type=positive_int, default=32,
+                        help="eval pairs per shape (default 32)")
+    parser.add_argument("--lr", type=_positive_float,
+                        help="step size η (default: per objective and shape, the η at which the "
+                             "median pair's larger predicted change is --target-change)")
+    parser.add_argument("--target-change", type=_positive_float, default=0.05,
+                        help="predicted |Δlog π| of the median pair that sets η (default 0.05)")
+    parser.add_argument("--halvings", type=nonnegative_int, default=3,
+                        help="step sizes η·2^-k, k = 0..N, for the error order (default 3)")
+    parser.add_argument("--adam-lr", type=_positive_float, default=1e-4,
+                        help="learning rate of the batched Adam step (default 1e-4)")
+    parser.add_argument("--normalized", action="store_true",
+                        help="use the pairwise normalized update d_w g_w/‖g_w‖ − d_l g_l/‖g_l‖")
+    parser.add_argument("--float32", action="store_true",
+                        help="compute in float32 (default float64, so the O(η²) error stands "
+                             "above rounding)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="write DIR/dynamics.json and DIR/dynamics.md")
+    parser.set_defaults(run=run)
+
+
+def _objectives(args):
+    from entangle_jax.cli import UsageError
+    from entangle_jax.objectives import OBJECTIVES, get_objective, parse_hparams
+
+    names = [n.strip() for item in (args.objective or []) for n in item.split(",") if n.strip()]
+    hparams = parse_hparams(args.hparam)
+    if hparams and len(names) != 1:
+        raise UsageError("--hparam needs exactly one --objective")
+    return [get_objective(name, **hparams) for name in names or OBJECTIVES]
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from entangle_jax.checkpoint import load_checkpoint
+    from entangle_jax.config import DataConfig, ModelConfig, SFTConfig
+    from entangle_jax.data.sentiment import parse_suffix_lengths
+    from entangle_jax.dynamics import format_report, one_step_report
+    from entangle_jax.io import atomic_write_json, atomic_write_text
+    from entangle_jax.train.sft import cached_sft
+
+    objectives = _objectives(args)
+    if args.checkpoint:
+        ckpt = load_checkpoint(args.checkpoint)
+    else:
+        ckpt = cached_sft(ModelConfig(), DataConfig(), SFTConfig())
+    lengths = [None] if ckpt.user_data is not None else parse_suffix_lengths(args.shape)
+    total = len(objectives) * len(lengths)
+    with tqdm(total=total, desc="dynamics", leave=False) as bar:
+        def progress(label):
+            bar.set_postfix_str(label, refresh=False)
+            bar.update(1)
+
+        report = one_step_report(ckpt, objectives, lengths, n_pairs=args.pairs,
+                                 normalized=args.normalized, target_change=args.target_change,
+                                 lr=args.lr, halvings=args.halvings, adam_lr=args.adam_lr,
+                                 float64=not args.float32, progress=progress)
+    report["checkpoint"] = args.checkpoint or "default model (cached_sft defaults)"
+    table = format_report(report)
+    print(table, end="")
+    if args.out:
+        out = Path(args.out)
+        atomic_write_json(out / "dynamics.json", report)
+        atomic_write_text(out / "dynamics.md", table)
+        print(f"wrote {out / 'dynamics.json'} and {out / 'dynamics.md'}")
+    return 0

@@ -1,0 +1,264 @@
+"""Preference training from a checkpoint: any objective of the zoo, any mitigation, SGD or Adam.
+
+The policy starts at the checkpoint and the reference is the same checkpoint, frozen (its
+per-token log-probs are computed inside each step, never differentiated). Each step draws a batch of
+training pairs, asks the update rule (``mitigations.Plain``/``PairwiseNormalized``/``TokenMask``)
+for its token coefficients and descends ``−u`` (``dynamics.coefficient_update``) through the optax
+optimizer; for ``Plain`` this is exactly the gradient of the batch's mean loss.
+
+Logged per step, with TRL's metric names: ``loss``, ``logps/chosen``, ``logps/rejected``,
+``rewards/chosen`` = β(log π_w − log π_ref,w), ``rewards/rejected``, ``rewards/margins``,
+``rewards/accuracies`` (β is the objective's ``beta``, 1 for losses without one), plus
+``grad_norm`` and the mean weights ``weights/d_w``, ``weights/d_l``. Every ``probe_every`` steps
+(and before the first and after the last) on a fixed probe set from the eval split: the mean
+``probe/grad_inner`` ⟨g_w, g_l⟩, ``probe/grad_norm_chosen``, ``probe/grad_norm_rejected``,
+``probe/grad_cosine``, ``probe/logps/*`` and the fractions ``probe/case_1..4`` of the first-order
+cases of the method's own per-pair update. Each record is one JSON line, written and flushed as it
+is produced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from entangle_jax.checkpoint import Checkpoint
+from entangle_jax.config import ConfigError, to_dict
+from entangle_jax.data.pairs import Pairs, sentiment_pairs
+from entangle_jax.data.sentiment import make_sentiment_data, response_window
+from entangle_jax.dynamics import (OPTIMIZERS, case_fractions, coefficient_update,
+                                   make_optimizer, pair_logprobs, pair_token_logprobs,
+                                   step_check)
+from entangle_jax.mitigations import MITIGATIONS, TokenMask, make_method, pair_lengths
+from entangle_jax.objectives import get_objective
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    """Preference training. ``hparams`` override the objective's defaults (a mapping is stored as
+    sorted ``(name, value)`` pairs). ``mitigation``: ``none``, ``normalized`` (``balanced`` uses
+    the mean of d_w, d_l on both sides) or ``token_mask`` (``mask_l1`` = λ,
+    ``mask_learning_rate``). ``suffix_length`` picks the pair shape (0 single, 2 short, 6 long).
+    ``probe_every=0`` turns the probes off."""
+
+    objective: str = "dpo"
+    hparams: Any = ()
+    mitigation: str = "none"
+    balanced: bool = False
+    mask_l1: float = 0.01
+    mask_learning_rate: float = 0.05
+    optimizer: str = "adam"
+    learning_rate: float = 1e-4
+    steps: int = 100
+    batch_size: int = 32
+    suffix_length: int = 6
+    probe_every: int = 10
+    probe_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        hparams = self.hparams.items() if isinstance(self.hparams, Mapping) else self.hparams
+        object.__setattr__(self, "hparams", tuple(sorted((str(k), v) for k, v in hparams)))
+        self.make_objective()  # an unknown objective or bad hyperparameter fails here
+        name = type(self).__name__
+
+        def require(ok, field, allowed):
+            if not ok:
+                raise ConfigError(f"{name}.{field}={getattr(self, field)!r} is invalid: {allowed}")
+
+        require(self.mitigation in MITIGATIONS, "mitigation", f"one of {', '.join(MITIGATIONS)}")
+        require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
+        for field in ("learning_rate", "mask_learning_rate"):
+            value = getattr(self, field)
+            require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                    field, "must be a finite number > 0")
+        require(isinstance(self.mask_l1, (int, float)) and self.mask_l1 >= 0, "mask_l1",
+                "must be >= 0")
+        for field in ("steps", "batch_size", "probe_size"):
+            value = getattr(self, field)
+            require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
+                    "must be a positive integer")
+        for field in ("probe_every", "seed", "suffix_length"):
+            value = getattr(self, field)
+            require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, field,
+                    "must be an integer >= 0")
+
+    def make_objective(self):
+        return get_objective(self.objective, **dict(self.hparams))
+
+    def make_method(self):
+        return make_method(self.make_objective(), self.mitigation, balanced=self.balanced,
+                           mask_l1=self.mask_l1, mask_learning_rate=self.mask_learning_rate)
+
+
+@dataclass(frozen=True)
+class PreferenceRun:
+    """The trained parameters, the method's side state (the token mask, or None) and every log
+    record (the JSONL lines, as dicts)."""
+
+    params: Any
+    extra: Any
+    records: list[dict]
+
+
+def preference_pairs(ckpt: Checkpoint, suffix_length: int, probe_size: int = 64,
+                     seed: int = 0) -> tuple[Pairs, Pairs]:
+    """``(train, probe)`` pairs for a checkpoint. Sentiment data: the train split and the first
+    ``probe_size`` eval statements, with suffixes of ``suffix_length``. A user's file (a checkpoint
+    trained with ``--data``) has no split: all its pairs train, and the probes are a fixed sample
+    of ``probe_size`` of them (drawn with ``seed``); ``suffix_length`` does not apply."""
+    if ckpt.user_data is not None:
+        from entangle_jax.data.userdata import load_from_config, user_pairs
+
+        data = load_from_config(ckpt.user_data)
+        n = len(data.records)
+        train, _ = user_pairs(data, range(n), ckpt.model_config.max_len)
+        pick = np.random.default_rng([seed, 4]).choice(n, min(probe_size, n), replace=False)
+        return train, train[np.sort(pick)]
+    if ckpt.data_config is None:
+        raise ConfigError("the checkpoint records no data config; preference pairs need one")
+    if suffix_length > ckpt.data_config.max_suffix_length:
+        raise ConfigError(f"suffix_length={suffix_length} is invalid: the checkpoint's data allows "
+                          f"0..{ckpt.data_config.max_suffix_length}")
+    data = make_sentiment_data(ckpt.data_config)
+    window = response_window(ckpt.data_config)
+
+    def make(statements):
+        return sentiment_pairs(statements, ckpt.vocab, suffix_length, ckpt.model_config.max_len,
+                               window)
+
+    return make(data.train), make(data.eval[:probe_size])
+
+
+def _mean(x) -> float:
+    return float(np.mean(np.asarray(x)))
+
+
+def _step_metrics(beta: float, out: dict) -> dict:
+    reward_w = beta * (out["logp_w"] - out["ref_w"])
+    reward_l = beta * (out["logp_l"] - out["ref_l"])
+    return {"loss": out["loss"].mean(), "logps/chosen": out["logp_w"].mean(),
+            "logps/rejected": out["logp_l"].mean(), "rewards/chosen": reward_w.mean(),
+            "rewards/rejected": reward_l.mean(), "rewards/margins": (reward_w - reward_l).mean(),
+            "rewards/accuracies": (reward_w > reward_l).mean(),
+            "weights/d_w": out["d_w"].mean(), "weights/d_l": out["d_l"].mean()}
+
+
+def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
+                     log_path: str | Path | None = None, progress: bool = True) -> PreferenceRun:
+    """Train ``config``'s method from ``ckpt`` (policy and frozen reference); returns the final
+    parameters and the log records, also written to ``log_path`` (JSONL) when given.
+    Deterministic for ``config.seed``."""
+    method = config.make_method()
+    objective = method.objective
+    graphdef = ckpt.graphdef
+    train, probe = preference_pairs(ckpt, config.suffix_length, config.probe_size, config.seed)
+    if config.batch_size > len(train):
+        raise ConfigError(f"batch_size={config.batch_size} is invalid: only {len(train)} "
+                          "training pairs")
+    ref_probe = pair_logprobs(graphdef, ckpt.params, probe)
+    tx = make_optimizer(config.optimizer, config.learning_rate)
+
+    @jax.jit
+    def train_step(params, opt_state, extra, batch, ref_params):
+        ref_tok_w, ref_tok_l = pair_token_logprobs(graphdef, ref_params, batch)
+        c_w, c_l, out = method.coefficients(graphdef, params, extra, batch, ref_tok_w, ref_tok_l)
+        grads = jax.tree.map(jnp.negative, coefficient_update(graphdef, params, batch, c_w, c_l))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        extra = method.update_extra(extra, out, ref_tok_w, ref_tok_l, *pair_lengths(batch))
+        metrics = {**_step_metrics(objective.beta, out), "grad_norm": optax.global_norm(grads)}
+        return optax.apply_updates(params, updates), opt_state, extra, metrics
+
+    @jax.jit
+    def probe_coefficients(params, extra):
+        c_w, c_l, out = method.coefficients(graphdef, params, extra, probe, *ref_probe)
+        return c_w, c_l, out["logp_w"], out["logp_l"]
+
+    def run_probe(step, params, extra) -> dict:
+        c_w, c_l, logp_w, logp_l = probe_coefficients(params, extra)
+        check = step_check(graphdef, params, probe, np.asarray(c_w), np.asarray(c_l))
+        record = {"kind": "probe", "step": step,
+                  "probe/logps/chosen": _mean(logp_w), "probe/logps/rejected": _mean(logp_l),
+                  "probe/grad_inner": _mean(check.inner),
+                  "probe/grad_norm_chosen": _mean(np.sqrt(check.sq_norm_w)),
+                  "probe/grad_norm_rejected": _mean(np.sqrt(check.sq_norm_l)),
+                  "probe/grad_cosine": _mean(check.cosine),
+                  **{f"probe/{k}": v for k, v in case_fractions(check.predicted_case).items()}}
+        if isinstance(method, TokenMask):
+            mask = np.asarray(extra)[:int(np.max(np.asarray(probe.chosen.length)))]
+            record["mask/sentiment_share"] = float(mask[0] / mask.sum()) if mask.sum() else 0.0
+            record["mask/weights"] = [float(m) for m in mask]
+        return record
+
+    header = {"kind": "config", "method": method.name, "objective": objective.describe(),
+              "config": to_dict(config), "model_config": to_dict(ckpt.model_config),
+              "data_config": None if ckpt.data_config is None else to_dict(ckpt.data_config),
+              "user_data": None if ckpt.user_data is None else to_dict(ckpt.user_data),
+              "sft_config": None if ckpt.sft_config is None else to_dict(ckpt.sft_config),
+              "train_pairs": len(train), "probe_pairs": len(probe)}
+    records: list[dict] = []
+    log = None if log_path is None else _open_log(log_path)
+
+    def emit(record):
+        records.append(record)
+        if log is not None:
+            log.write(json.dumps(record, sort_keys=True) + "\n")
+            log.flush()
+
+    try:
+        emit(header)
+        params, extra = ckpt.params, method.init_extra(train.chosen.window)
+        opt_state = tx.init(params)
+        rng = np.random.default_rng([config.seed, 3])
+        probing = config.probe_every > 0
+        if probing:
+            emit(run_probe(0, params, extra))
+        bar = tqdm(range(1, config.steps + 1), desc=method.name, disable=not progress)
+        for step in bar:
+            idx = rng.choice(len(train), config.batch_size, replace=False)
+            params, opt_state, extra, metrics = train_step(params, opt_state, extra, train[idx],
+                                                           ckpt.params)
+            record = {"kind": "train", "step": step,
+                      **{k: float(v) for k, v in jax.device_get(metrics).items()}}
+            emit(record)
+            bar.set_postfix({"loss": f"{record['loss']:.4f}",
+                             "logp_w": f"{record['logps/chosen']:.3f}",
+                             "logp_l": f"{record['logps/rejected']:.3f}",
+                             "acc": f"{record['rewards/accuracies']:.2f}"}, refresh=False)
+            if probing and (step % config.probe_every == 0 or step == config.steps):
+                emit(run_probe(step, params, extra))
+    finally:
+        if log is not None:
+            log.close()
+    return PreferenceRun(params, extra, records)
+
+
+def _open_log(path: str | Path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("w", encoding="utf-8")
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The records of a JSONL log (a truncated last line, from a crash, is skipped)."""
+    records = []
+    for line in Path(path).read_text("utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+__all__ = ["PreferenceConfig", "PreferenceRun", "preference_pairs", "read_log",
+           "train_preference"]
