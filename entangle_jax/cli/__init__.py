@@ -21,6 +21,7 @@ COMMANDS = {
     "train": "train",
     "measure": "measure",
     "verify": "verify",
+    "dynamics": "dynamics",
 }
 
 
