@@ -202,8 +202,8 @@ def outer_gradient(taps: Taps, terms: tuple[Term, ...], shape: tuple[int, ...]):
     grad = jnp.zeros((rows, *shape), taps.cotangents[terms[0].rowed].dtype)
     for term in terms:
         s, c = _shared_factor(taps, term.shared), taps.cotangents[term.rowed]
-        if jnp.issubdtype(s.dtype, jnp.integer):
-            grad = grad.at[:, s].add(c)
+        if term.shared == "positions":  # ids 0..T-1: the first T rows
+            grad = grad.at[:, :c.shape[1]].add(c)
         elif term.shared_left:
             grad = grad + jnp.einsum("tn,rtm->rnm", s, c)
         else:
@@ -277,6 +277,9 @@ def plan_leaves(params, implementation: str, *, seq_len: int, rows: int, n_seque
     for leaf, terms in zip(jax.tree.leaves(params), leaf_terms(params)):
         if terms is None:
             plan.append("exact")
+            continue
+        if any(t.shared == "tokens" for t in terms):  # a scatter into V rows: ghost is cheaper
+            plan.append("ghost")
             continue
         size = math.prod(leaf.shape)
         ghost = n_blocks * _ghost_cost(terms, leaf.shape, seq_len, rows, vocab)

@@ -36,6 +36,7 @@ from flax import nnx, struct
 from entangle_jax import ghost
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.logprob import sequence_logprob, token_logprobs
+from entangle_jax.sharding import padded_size, replicate, shard_batch
 
 #: The strategies every Gram function accepts as ``implementation=``.
 IMPLEMENTATIONS = ("materialize", "structured", "auto")
@@ -72,16 +73,29 @@ def _leaf_gram(a, b):
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def _chunked(fn: Callable, pairs: Pairs, chunk_size: int, progress: Callable | None):
-    """Apply ``fn`` to fixed-size chunks of ``pairs`` (the last padded by repetition) and
-    concatenate its pytree of per-pair outputs on the host."""
+def _check_chunk_size(chunk_size: int) -> None:
     if chunk_size <= 0:
         raise ValueError(f"chunk_size={chunk_size} is invalid: must be a positive integer")
+
+
+def _on_mesh(params, chunk_size: int, mesh):
+    """Parameters replicated over ``mesh`` and the chunk size rounded up to a multiple of its
+    devices (unchanged without a mesh)."""
+    _check_chunk_size(chunk_size)
+    return (params, chunk_size) if mesh is None else (replicate(params, mesh),
+                                                      padded_size(chunk_size, mesh))
+
+
+def _chunked(fn: Callable, pairs: Pairs, chunk_size: int, progress: Callable | None, mesh=None):
+    """Apply ``fn`` to fixed-size chunks of ``pairs`` (the last padded by repetition; each chunk
+    sharded over ``mesh`` when given) and concatenate its per-pair outputs on the host."""
+    _check_chunk_size(chunk_size)
     n = len(pairs)
     outs = []
     for lo in range(0, n, chunk_size):
         idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
-        outs.append(jax.device_get(fn(pairs[idx])))
+        chunk = pairs[idx] if mesh is None else shard_batch(pairs[idx], mesh)
+        outs.append(jax.device_get(fn(chunk)))
         if progress is not None:
             progress(min(lo + chunk_size, n))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
@@ -157,20 +171,22 @@ def _structured_pair_geometry_chunk(graphdef, params, pairs: Pairs, plan):
 
 
 def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int = 32,
-                  progress: Callable | None = None,
-                  implementation: str = "materialize") -> PairGeometry:
+                  progress: Callable | None = None, implementation: str = "materialize",
+                  mesh=None) -> PairGeometry:
     """log π_w, log π_l, ‖g_w‖², ‖g_l‖², ⟨g_w, g_l⟩ (and its split by leaf) for every pair.
 
     Memory is bounded by ``chunk_size`` pairs: their gradients (2 · chunk_size · P floats) with
-    ``materialize``, their layer inputs and output cotangents with ``structured``."""
+    ``materialize``, their layer inputs and output cotangents with ``structured``. With a
+    ``mesh`` (``sharding.batch_mesh()``) each chunk is split over its devices."""
     _check_implementation(implementation)
+    params, chunk_size = _on_mesh(params, chunk_size, mesh)
     if implementation == "materialize":
         fn = partial(_pair_geometry_chunk, graphdef, params)
     else:
         plan = _plan(params, implementation, pairs.chosen, per_token=False,
                      n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
         fn = lambda chunk: _structured_pair_geometry_chunk(graphdef, params, chunk, plan)  # noqa: E731
-    logp_w, logp_l, sq_w, sq_l, leaf_inner = _chunked(fn, pairs, chunk_size, progress)
+    logp_w, logp_l, sq_w, sq_l, leaf_inner = _chunked(fn, pairs, chunk_size, progress, mesh)
     return PairGeometry(logp_w, logp_l, sq_w, sq_l, leaf_inner.sum(-1), leaf_inner,
                         tuple(leaf_groups(params)))
 
@@ -209,19 +225,21 @@ def _structured_token_grams_chunk(graphdef, params, pairs: Pairs, plan):
 
 
 def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int = 8,
-                progress: Callable | None = None,
-                implementation: str = "materialize") -> TokenGrams:
+                progress: Callable | None = None, implementation: str = "materialize",
+                mesh=None) -> TokenGrams:
     """Token-wise Gram matrices of every pair; memory is bounded by ``chunk_size`` pairs'
     per-token Jacobians (2 · chunk_size · R · P floats) with ``materialize``, by their per-token
-    output cotangents (2 · chunk_size · R · T · Σ widths) with ``structured``."""
+    output cotangents (2 · chunk_size · R · T · Σ widths) with ``structured``. With a ``mesh``
+    each chunk is split over its devices."""
     _check_implementation(implementation)
+    params, chunk_size = _on_mesh(params, chunk_size, mesh)
     if implementation == "materialize":
         fn = partial(_token_grams_chunk, graphdef, params)
     else:
         plan = _plan(params, implementation, pairs.chosen, per_token=True,
                      n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
         fn = lambda chunk: _structured_token_grams_chunk(graphdef, params, chunk, plan)  # noqa: E731
-    return TokenGrams(*_chunked(fn, pairs, chunk_size, progress))
+    return TokenGrams(*_chunked(fn, pairs, chunk_size, progress, mesh))
 
 
 def pairs_as_responses(pairs: Pairs) -> Responses:
@@ -252,16 +270,16 @@ def _structured_cross(features_a, features_b, terms):
 
 
 def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int = 64,
-                  progress: Callable | None = None,
-                  implementation: str = "materialize") -> np.ndarray:
+                  progress: Callable | None = None, implementation: str = "materialize",
+                  mesh=None) -> np.ndarray:
     """``[N, N]`` Gram ``K[a, b] = ⟨g_a, g_b⟩`` of the sequence log-prob gradients of every response
     (for ``Pairs``, the ``2B`` responses of ``pairs_as_responses``: the empirical NTK of the batch).
 
     Blocks of ``chunk_size`` responses are contracted block pair by block pair, so memory holds two
-    blocks' gradients (or taps) at a time; the diagonal block is computed once."""
+    blocks' gradients (or taps) at a time; the diagonal block is computed once. With a ``mesh``
+    each block is split over its devices."""
     _check_implementation(implementation)
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size={chunk_size} is invalid: must be a positive integer")
+    params, chunk_size = _on_mesh(params, chunk_size, mesh)
     if isinstance(batch, Pairs):
         batch = pairs_as_responses(batch)
     if implementation == "materialize":
@@ -277,11 +295,12 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
     n = int(batch.tokens.shape[0])
     starts = range(0, n, chunk_size)
     index = {lo: np.minimum(np.arange(lo, lo + chunk_size), n - 1) for lo in starts}
+    place = (lambda b: b) if mesh is None else (lambda b: shard_batch(b, mesh))  # noqa: E731
     gram = np.zeros((n, n), np.float64)
     for i, lo in enumerate(starts):
-        rows = block(batch[index[lo]])
+        rows = block(place(batch[index[lo]]))
         for hi in list(starts)[i:]:
-            cols = rows if hi == lo else block(batch[index[hi]])
+            cols = rows if hi == lo else block(place(batch[index[hi]]))
             k = np.asarray(cross(rows, cols))[:min(chunk_size, n - lo), :min(chunk_size, n - hi)]
             gram[lo:lo + k.shape[0], hi:hi + k.shape[1]] = k
             gram[hi:hi + k.shape[1], lo:lo + k.shape[0]] = k.T

@@ -1,0 +1,166 @@
+"""Every Gram strategy against the materialized reference and against plain per-example loops:
+the default model, a tied-embedding model with an unembedding bias, and the 4-layer width-256
+model at which jaxlib's CPU backend was seen to miscompile jit(jacrev) (DESIGN.md §3)."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from entangle_jax import ghost
+from entangle_jax.config import ModelConfig
+from entangle_jax.data import response_window, sentiment_pairs
+from entangle_jax.gradients import (_structured_pair_geometry_chunk, pair_geometry,
+                                    pairs_as_responses, sequence_gram, token_grams)
+from entangle_jax.logprob import logits, sequence_logprob, token_logprobs
+from entangle_jax.model import init_model
+
+FAST = ("structured", "auto")
+
+
+def _flat(tree):
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+@pytest.fixture(scope="module", params=["default", "tied_bias"])
+def model(request, tiny_data):
+    cfg = ModelConfig(vocab_size=len(tiny_data.vocab), tie_embeddings=request.param == "tied_bias",
+                      unembed_bias=request.param == "tied_bias")
+    graphdef, params = nnx.split(init_model(cfg, seed=3))
+    pairs = sentiment_pairs(tiny_data.eval[:3], tiny_data.vocab, 4, cfg.max_len,
+                            response_window(tiny_data.config))
+    return graphdef, params, pairs
+
+
+def _close(actual, expected, scale, tol=2e-5):
+    np.testing.assert_allclose(actual, expected, atol=tol * scale, rtol=0)
+
+
+def test_tapped_forward_reproduces_the_models_log_probs(model):
+    graphdef, params, pairs = model
+    seq = pairs.chosen[0]
+    logp, _ = ghost.record_taps(graphdef, params, seq, per_token=True)
+    np.testing.assert_allclose(logp, token_logprobs(graphdef, params, seq), rtol=1e-6, atol=1e-6)
+    deltas = {k: np.zeros(s, np.float32)
+              for k, s in ghost.output_widths(nnx.merge(graphdef, params).config,
+                                              seq.tokens.shape[-1]).items()}
+    z, _ = ghost.tapped_logits(nnx.merge(graphdef, params), seq.tokens, deltas)
+    np.testing.assert_allclose(z, logits(graphdef, params, seq.tokens), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["ghost", "outer"])
+def test_every_leaf_product_matches_jax_grad(model, strategy):
+    """Per leaf, ⟨∇_leaf f_a, ∇_leaf f_b⟩ from the taps (ghost products, or the outer products
+    where a leaf allows them) equals the product of the leaf's jax.grad."""
+    graphdef, params, pairs = model
+    terms = ghost.leaf_terms(params)
+    plan = tuple("exact" if t is None else
+                 ("ghost" if strategy == "ghost" or any(x.shared == "tokens" for x in t) else "outer")
+                 for t in terms)
+    feats = [ghost.prepare(ghost.record_taps(graphdef, params, s, per_token=False)[1], params, plan)
+             for s in (pairs.chosen[1], pairs.rejected[1])]
+    got = np.asarray(ghost.leaf_grams(feats[0], feats[1], terms))[:, 0, 0]
+    grad = jax.grad(sequence_logprob, argnums=1)
+    g_w, g_l = grad(graphdef, params, pairs.chosen[1]), grad(graphdef, params, pairs.rejected[1])
+    want = np.array([np.vdot(np.asarray(a, np.float64), np.asarray(b, np.float64))
+                     for a, b in zip(jax.tree.leaves(g_w), jax.tree.leaves(g_l))])
+    _close(got, want, np.abs(want).max())
+
+
+@pytest.mark.parametrize("implementation", FAST)
+def test_pair_geometry_strategies_agree_with_materialize(model, implementation):
+    graphdef, params, pairs = model
+    ref = pair_geometry(graphdef, params, pairs, chunk_size=2)
+    got = pair_geometry(graphdef, params, pairs, chunk_size=2, implementation=implementation)
+    scale = max(ref.sq_norm_w.max(), ref.sq_norm_l.max())
+    for field in ("sq_norm_w", "sq_norm_l", "inner"):
+        _close(getattr(got, field), getattr(ref, field), scale)
+    _close(got.leaf_inner, ref.leaf_inner, scale)
+    np.testing.assert_allclose(got.logp_w, ref.logp_w, rtol=1e-6)
+
+
+@pytest.mark.parametrize("implementation", FAST)
+def test_token_gram_strategies_agree_with_materialize(model, implementation):
+    graphdef, params, pairs = model
+    ref = token_grams(graphdef, params, pairs[:1], chunk_size=1)
+    got = token_grams(graphdef, params, pairs[:1], chunk_size=1, implementation=implementation)
+    scale = np.abs(ref.chosen).max()
+    for field in ("cross", "chosen", "rejected"):
+        _close(getattr(got, field), getattr(ref, field), scale)
+
+
+def test_sequence_gram_matches_a_per_response_loop(model):
+    """K[a, b] = ⟨g_a, g_b⟩ over the 2B responses, every strategy, against flattened jax.grad."""
+    graphdef, params, pairs = model
+    responses = pairs_as_responses(pairs)
+    grad = jax.jit(jax.grad(lambda p, s: sequence_logprob(graphdef, p, s)))
+    flat = np.stack([_flat(grad(params, responses[k])) for k in range(2 * len(pairs))])
+    want = flat @ flat.T
+    for implementation in ("materialize", *FAST):
+        got = sequence_gram(graphdef, params, pairs, implementation=implementation)
+        _close(got, want, np.abs(want).max())
+
+
+def test_sequence_gram_blocks_and_pair_geometry_agree(model):
+    graphdef, params, pairs = model
+    b = len(pairs)
+    whole = sequence_gram(graphdef, params, pairs, implementation="auto")
+    blocked = sequence_gram(graphdef, params, pairs, chunk_size=4, implementation="auto")
+    geo = pair_geometry(graphdef, params, pairs, implementation="structured")
+    scale = np.abs(whole).max()
+    _close(blocked, whole, scale)
+    _close(np.diag(whole)[:b], geo.sq_norm_w, scale)
+    _close(whole[np.arange(b), np.arange(b) + b], geo.inner, scale)
+
+
+def test_auto_plan_mixes_ghost_and_outer_by_cost():
+    """Long sequences and few blocks favour forming Xᵀ G; many blocks of short rows favour ghost."""
+    cfg = ModelConfig(vocab_size=64, max_len=64, d_model=32, n_layers=1, n_heads=2, d_mlp=64)
+    params = nnx.split(init_model(cfg))[1]
+    few = ghost.plan_leaves(params, "auto", seq_len=64, rows=1, n_sequences=64, n_blocks=64 * 64)
+    many = ghost.plan_leaves(params, "auto", seq_len=2, rows=1, n_sequences=64, n_blocks=64 * 64)
+    assert "outer" in few and "outer" not in many
+    assert ghost.plan_leaves(params, "structured", seq_len=64, rows=1, n_sequences=64,
+                             n_blocks=64 * 64).count("outer") == 0
+
+
+def test_no_recompilation_across_suffix_lengths_or_pair_counts(tiny_data, model):
+    graphdef, params, _ = model
+    window = response_window(tiny_data.config)
+    for suffix, n in [(0, 3), (5, 4), (9, 2)]:
+        pairs = sentiment_pairs(tiny_data.eval[:n], tiny_data.vocab, suffix,
+                                nnx.merge(graphdef, params).config.max_len, window)
+        pair_geometry(graphdef, params, pairs, chunk_size=4, implementation="structured")
+        if suffix == 0:
+            compiled = _structured_pair_geometry_chunk._cache_size()
+    assert _structured_pair_geometry_chunk._cache_size() == compiled
+
+
+def test_unknown_implementation_is_refused(model):
+    graphdef, params, pairs = model
+    with pytest.raises(ValueError, match="implementation='ghosts' is invalid"):
+        pair_geometry(graphdef, params, pairs, implementation="ghosts")
+
+
+def test_fast_strategies_on_the_4_layer_width_256_model(tiny_data):
+    """At the size where jit(jacrev) was seen to miscompile, every strategy's token Gram and
+    sequence-level products equal one jitted grad per response token, contracted in float64."""
+    cfg = ModelConfig(vocab_size=len(tiny_data.vocab), max_len=16, d_model=256, n_layers=4,
+                      n_heads=4, d_mlp=1024)
+    graphdef, params = nnx.split(init_model(cfg, seed=1))
+    pairs = sentiment_pairs(tiny_data.eval[:1], tiny_data.vocab, 2, cfg.max_len,
+                            response_window(tiny_data.config))
+    grad = jax.jit(jax.grad(lambda p, s, i: token_logprobs(graphdef, p, s)[i]))
+    rows = {side: np.stack([_flat(grad(params, getattr(pairs, side)[0], i))
+                            for i in range(int(getattr(pairs, side).length[0]))])
+            for side in ("chosen", "rejected")}
+    n = rows["chosen"].shape[0]
+    want = {"cross": rows["chosen"] @ rows["rejected"].T, "chosen": rows["chosen"] @ rows["chosen"].T,
+            "rejected": rows["rejected"] @ rows["rejected"].T}
+    scale = np.abs(want["chosen"]).max()
+    for implementation in ("materialize", *FAST):
+        grams = token_grams(graphdef, params, pairs, chunk_size=1, implementation=implementation)
+        for field, value in want.items():
+            _close(getattr(grams, field)[0, :n, :n], value, scale, tol=1e-4)
+        geo = pair_geometry(graphdef, params, pairs, chunk_size=1, implementation=implementation)
+        _close(geo.inner, want["cross"].sum(), scale, tol=1e-4)
