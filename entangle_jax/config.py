@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,21 @@ def _positive_ints(obj, *names: str) -> None:
                  type(obj).__name__, name, value, "must be a positive integer")
 
 
+def _finite_reals(obj, *names: str) -> None:
+    """Checked before any comparison, so a string or None fails as a ConfigError, not a TypeError."""
+    for name in names:
+        value = getattr(obj, name)
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+                 and math.isfinite(value), type(obj).__name__, name, value,
+                 "must be a finite number")
+
+
+def _bools(obj, *names: str) -> None:
+    for name in names:
+        _require(isinstance(getattr(obj, name), bool), type(obj).__name__, name,
+                 getattr(obj, name), "must be true or false")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A decoder-only causal transformer (pre-LayerNorm).
@@ -52,6 +68,7 @@ class ModelConfig:
 
     def __post_init__(self):
         _positive_ints(self, "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "d_mlp")
+        _bools(self, "tie_embeddings", "unembed_bias")
         name = type(self).__name__
         _require(self.d_model % self.n_heads == 0, name, "n_heads", self.n_heads,
                  f"must divide d_model={self.d_model}")
@@ -75,6 +92,7 @@ class DataConfig:
 
     def __post_init__(self):
         _positive_ints(self, "n_statements", "max_suffix_length")
+        _finite_reals(self, "eval_fraction")
         name = type(self).__name__
         _require(isinstance(self.seed, int) and self.seed >= 0, name, "seed", self.seed,
                  "must be an integer >= 0")
@@ -114,6 +132,7 @@ class SFTConfig:
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
                      field, value, "must be an integer >= 0")
         _positive_ints(self, "batch_size")
+        _finite_reals(self, "learning_rate", "weight_decay", "label_flip")
         _require(self.learning_rate > 0, name, "learning_rate", self.learning_rate, "must be > 0")
         _require(self.weight_decay >= 0, name, "weight_decay", self.weight_decay, "must be >= 0")
         _require(0.0 <= self.label_flip <= 1.0, name, "label_flip", self.label_flip,

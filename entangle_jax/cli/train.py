@@ -21,11 +21,11 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from entangle_jax.data.sentiment import make_sentiment_data
-    from entangle_jax.train.sft import saved_step, train_sft
+    from entangle_jax.train.sft import saved_progress, train_sft
 
     model_config, data_config, sft_config = configs_from_args(args)
     data = user_data_from_args(args, model_config) or make_sentiment_data(data_config)
-    if args.resume and saved_step(args.out) is None:
+    if args.resume and saved_progress(args.out) is None:
         warn(f"--resume: no saved training state in {args.out}; starting from step 0")
     train_sft(model_config, data, sft_config, out_dir=args.out,
               checkpoint_every=args.checkpoint_every, resume=args.resume)

@@ -39,6 +39,7 @@ from entangle_jax.data.sentiment import make_sentiment_data, response_window
 from entangle_jax.dynamics import (OPTIMIZERS, case_fractions, coefficient_update,
                                    make_optimizer, pair_logprobs, pair_token_logprobs,
                                    step_check)
+from entangle_jax.guards import check_finite, finite_flags
 from entangle_jax.mitigations import MITIGATIONS, TokenMask, make_method, pair_lengths
 from entangle_jax.objectives import get_objective
 
@@ -177,7 +178,10 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
         updates, opt_state = tx.update(grads, opt_state, params)
         extra = method.update_extra(extra, out, ref_tok_w, ref_tok_l, *pair_lengths(batch))
         metrics = {**_step_metrics(objective.beta, out), "grad_norm": optax.global_norm(grads)}
-        return optax.apply_updates(params, updates), opt_state, extra, metrics
+        new_params = optax.apply_updates(params, updates)
+        flags = finite_flags(loss=out["loss"], log_probs=(out["logp_w"], out["logp_l"]),
+                             gradient=grads, parameters=new_params)
+        return new_params, opt_state, extra, metrics, flags
 
     @jax.jit
     def probe_coefficients(params, extra):
@@ -226,8 +230,9 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
         bar = tqdm(range(1, config.steps + 1), desc=method.name, disable=not progress)
         for step in bar:
             idx = rng.choice(len(train), config.batch_size, replace=False)
-            params, opt_state, extra, metrics = train_step(params, opt_state, extra, train[idx],
-                                                           ckpt.params)
+            params, opt_state, extra, metrics, flags = train_step(params, opt_state, extra,
+                                                                  train[idx], ckpt.params)
+            check_finite(step, flags)  # NaN/Inf stops the run, naming the step and quantity
             record = {"kind": "train", "step": step,
                       **{k: float(v) for k, v in jax.device_get(metrics).items()}}
             emit(record)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from pathlib import Path
 
 import jax
@@ -105,15 +106,18 @@ def _kept_metrics(path: Path, step: int) -> str:
     return "".join(kept)
 
 
-def saved_step(directory: str | Path) -> int | None:
-    """The step of the training state saved in ``directory`` (None when there is none)."""
+def saved_progress(directory: str | Path) -> tuple[int, int] | None:
+    """``(step, steps)`` of the training state saved in ``directory``: how far its run got and
+    how long that run is (None when there is no saved state)."""
     path = Path(directory) / TRAIN_STATE
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return int(json.loads(str(npz["meta"]))["step"])
-    except (OSError, ValueError, KeyError, TypeError, EOFError) as err:
+            meta = json.loads(str(npz["meta"]))
+        sft = meta["configs"]["sft"]
+        return int(meta["step"]), int(sft["pretrain_steps"]) + int(sft["steps"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"corrupt training state {path}: {err}") from None
 
 
@@ -132,14 +136,15 @@ def train_sft(model_config: ModelConfig, data, config: SFTConfig, *, progress: b
     configs = run_configs(model_config, data, config)
     start, out, log = 0, None if out_dir is None else Path(out_dir), None
     if out is not None:
-        step_on_disk = saved_step(out)
-        if resume and step_on_disk is not None:
+        progress_on_disk = saved_progress(out)
+        if resume and progress_on_disk is not None:
             state = load_train_state(out, params, opt_state, configs, json_hash(configs))
             params, opt_state, start = state.params, state.opt_state, state.step
             rng.bit_generator.state = state.rng_state
-        elif step_on_disk is not None and step_on_disk < total:
-            raise CheckpointError(f"{out} holds an unfinished run (step {step_on_disk} of its "
-                                  "run); pass --resume to continue it or choose another --out")
+        elif progress_on_disk is not None and progress_on_disk[0] < progress_on_disk[1]:
+            raise CheckpointError(f"{out} holds an unfinished run (step {progress_on_disk[0]} of "
+                                  f"{progress_on_disk[1]}); pass --resume to continue it or "
+                                  "choose another --out")
         atomic_write_text(out / METRICS, _kept_metrics(out / METRICS, start))
         log = open(out / METRICS, "a", encoding="utf-8")
 
@@ -181,6 +186,7 @@ def train_sft(model_config: ModelConfig, data, config: SFTConfig, *, progress: b
                                                                        "steps": total})
                     last_saved = k + 1
     finally:
+        bar.close()
         if log is not None:
             log.close()
     if out is not None and total == 0:
