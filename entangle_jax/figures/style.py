@@ -1,0 +1,104 @@
+"""One look for every figure: colours, sizes, and how a figure is saved.
+
+Colours are the Okabe–Ito palette (distinguishable with the common colour-vision deficiencies).
+Chosen is always blue and rejected always vermillion, in every figure; the margin is black. Sizes
+are for a paper page: ``PAGE_WIDTH`` inches across, 8-point text, so a figure is readable when
+printed at its natural size.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display, the same output on every machine
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
+
+from entangle_jax.io import atomic_write_bytes  # noqa: E402
+
+CHOSEN = "#0072B2"  # blue
+REJECTED = "#D55E00"  # vermillion
+MARGIN = "#000000"
+#: Colours for a categorical series (regimes, objectives, methods), in order; chosen/rejected excluded.
+SERIES = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#CC79A7", "#0072B2", "#D55E00", "#999999",
+          "#F0E442", "#7F3C8D", "#11A579")
+#: Background of the gradient-condition cases (1: w↑ l↓, 2: both ↓, 3: both ↑).
+CASE_FILL = {1: "#DCEFE4", 2: "#F6DCD0", 3: "#DCE6F3"}
+#: Line style of the response shapes.
+SHAPE_LINESTYLE = {"single": "-", "short": "--", "long": ":"}
+
+PAGE_WIDTH = 6.75  # inches: a full-width figure on a two-column paper page
+DPI = 200  # PNG resolution (PDFs are vector)
+
+RC = {
+    "font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "xtick.labelsize": 7,
+    "ytick.labelsize": 7, "legend.fontsize": 7, "figure.titlesize": 9.5,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+    "grid.alpha": 0.3, "grid.linewidth": 0.5, "lines.linewidth": 1.4, "lines.markersize": 3.5,
+    "legend.frameon": False, "savefig.dpi": DPI, "figure.dpi": 100,
+    "pdf.fonttype": 42,  # TrueType in PDFs: editable, searchable text
+}
+
+
+def series_color(index: int) -> str:
+    return SERIES[index % len(SERIES)]
+
+
+def figure(nrows: int = 1, ncols: int = 1, *, height: float = 2.4, width: float = PAGE_WIDTH,
+           **kwargs):
+    """A figure of ``nrows × ncols`` panels in the house style (``height`` per row, in inches)."""
+    plt.rcParams.update(RC)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows), layout="constrained",
+                             squeeze=False, **kwargs)
+    return fig, axes
+
+
+def band(ax, x, center, lo, hi, *, color, label=None, **line_kwargs):
+    """A line with a shaded interval ``[lo, hi]`` in the same colour."""
+    ax.fill_between(x, lo, hi, color=color, alpha=0.18, linewidth=0)
+    return ax.plot(x, center, color=color, label=label, **line_kwargs)
+
+
+def legend_below(fig, handles=None, labels=None, ncol: int | None = None):
+    """One legend for the whole figure, below the panels, where it cannot hide data."""
+    if handles is None:
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 6))
+
+
+def panel_title(ax, letter: str, text: str, **kwargs) -> None:
+    """A left-aligned panel title "(a) what the panel shows"."""
+    ax.set_title(f"({letter}) {text}", loc="left", **kwargs)
+
+
+def suptitle(fig, text: str, width: int = 100) -> None:
+    """The figure's title, each line wrapped to ``width`` characters (fits ``PAGE_WIDTH``)."""
+    lines = [wrapped for line in text.splitlines()
+             for wrapped in (textwrap.wrap(line, width) or [""])]
+    fig.suptitle("\n".join(lines))
+
+
+def symlog_axis(ax, values, axis: str = "y") -> None:
+    """A symmetric log scale whose linear range is set by the data (signed values that span
+    several decades, such as ⟨g_w, g_l⟩ across regimes)."""
+    finite = np.abs(np.asarray(values, float))
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    linthresh = float(np.quantile(finite, 0.05)) if finite.size else 1.0
+    getattr(ax, f"set_{axis}scale")("symlog", linthresh=max(linthresh, 1e-12))
+
+
+def save(fig, out_dir: str | Path, stem: str) -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf`` into ``out_dir`` (atomically) and close the figure."""
+    paths = []
+    for fmt in ("png", "pdf"):
+        buffer = io.BytesIO()
+        # no creation date in the PDF: the same figure gives the same file
+        fig.savefig(buffer, format=fmt, metadata={"CreationDate": None} if fmt == "pdf" else None)
+        paths.append(atomic_write_bytes(Path(out_dir) / f"{stem}.{fmt}", buffer.getvalue()))
+    plt.close(fig)
+    return paths
