@@ -13,9 +13,11 @@ its token-level diff and the split of ⟨g_w, g_l⟩ over it: with the chosen to
 prefix P, span S_w, suffix Q and the rejected ones into P, S_l, Q,
 
     block_inner[a][b] = Σ_{i ∈ a(chosen), j ∈ b(rejected)} ⟨g_w^i, g_l^j⟩,   a, b ∈ (P, S, Q)
-    span_inner = block_inner[S][S],   shared_inner = Σ token_gram − span_inner,
+    span_inner = block_inner[S][S],   suffix_inner = block_inner[Q][Q],
+    shared_inner = Σ token_gram − span_inner,
 
-so ``shared_inner`` is everything a shared token takes part in (the paper's entangled terms), and
+so ``shared_inner`` is everything a shared token takes part in (the paper's entangled terms),
+``suffix_inner`` the part among the shared tail tokens alone, and
 ``first_diff_inner`` = ⟨g_w^i, g_l^i⟩ at the first differing token i = |P| (null if a span is
 empty), which the summary reports as ``sentiment_token_inner`` (on the sentiment task that token
 is the sentiment token).
@@ -117,6 +119,14 @@ def _blocks(gram: np.ndarray, diff) -> list[list[float]]:
              for b in range(3)] for a in range(3)]
 
 
+def _user_summary(records: list[dict]) -> dict:
+    summary = {key: _summary_or_null([r[key] for r in records])
+               for key in ("inner", "cosine", "sq_norm_w", "sq_norm_l", "span_inner",
+                           "suffix_inner", "shared_inner")}
+    summary["sentiment_token_inner"] = _summary_or_null([r["first_diff_inner"] for r in records])
+    return summary
+
+
 def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64, seed: int = 0,
                       progress: bool = True) -> dict:
     """Measure ``n_pairs`` records of a user's file (drawn without replacement for ``seed``),
@@ -162,24 +172,21 @@ def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64,
             "token_gram": gram.tolist(),
             "groups": {g: float(v[k]) for g, v in groups.items()},
             "diff": diff.as_dict(), "block_inner": blocks,
-            "span_inner": blocks[1][1], "shared_inner": float(gram.sum()) - blocks[1][1],
+            "span_inner": blocks[1][1], "suffix_inner": blocks[2][2],
+            "shared_inner": float(gram.sum()) - blocks[1][1],
             "first_diff_inner": first, "prompt_tokens_dropped": int(dropped[k]),
         })
-    results = []
-    for length in sorted(by_suffix):
-        recs = by_suffix[length]
-        summary = {key: _summary_or_null([r[key] for r in recs])
-                   for key in ("inner", "cosine", "sq_norm_w", "sq_norm_l", "span_inner",
-                               "shared_inner")}
-        summary["sentiment_token_inner"] = _summary_or_null([r["first_diff_inner"] for r in recs])
-        results.append({"suffix_length": length, "n_pairs": len(recs), "summary": summary,
-                        "pairs": recs})
+    results = [{"suffix_length": length, "n_pairs": len(by_suffix[length]),
+                "summary": _user_summary(by_suffix[length]), "pairs": by_suffix[length]}
+               for length in sorted(by_suffix)]
+    everything = [r for length in sorted(by_suffix) for r in by_suffix[length]]
     config = {"model": to_dict(ckpt.model_config), "data": to_dict(data.config),
               "sft": None if ckpt.sft_config is None else to_dict(ckpt.sft_config),
               "n_pairs": n_pairs, "seed": seed, "suffix_lengths": sorted(by_suffix),
               "source": "data", "n_records": len(data.records)}
-    return {"config": config, "results": results, "skipped_records": list(data.skipped),
-            "provenance": provenance(config)}
+    return {"config": config, "results": results,
+            "overall": {"n_pairs": len(everything), "summary": _user_summary(everything)},
+            "skipped_records": list(data.skipped), "provenance": provenance(config)}
 
 
 def _fmt(value, spec: str) -> str:
@@ -189,15 +196,17 @@ def _fmt(value, spec: str) -> str:
 def format_user_table(report: dict) -> str:
     """A Markdown table of a ``measure_user_data`` report, one row per shared suffix length."""
     rows = ["| shared suffix L | pairs | ⟨g_w,g_l⟩ mean ± sd | frac < 0 | cosine mean "
-            "| span×span terms mean | shared-token terms mean | first differing token "
-            "⟨g_w^i,g_l^i⟩ mean | frac < 0 |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in report["results"]:
+            "| span×span terms | suffix×suffix terms | all shared-token terms "
+            "| first differing token ⟨g_w^i,g_l^i⟩ | frac < 0 |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    overall = {"suffix_length": "all", **report["overall"]}
+    for r in [*report["results"], overall]:
         s = r["summary"]
         rows.append(f"| {r['suffix_length']} | {r['n_pairs']} "
                     f"| {s['inner']['mean']:.4g} ± {s['inner']['std']:.3g} "
                     f"| {s['inner']['frac_negative']:.2f} | {s['cosine']['mean']:.3f} "
-                    f"| {s['span_inner']['mean']:.4g} | {s['shared_inner']['mean']:.4g} "
+                    f"| {s['span_inner']['mean']:.4g} | {s['suffix_inner']['mean']:.4g} "
+                    f"| {s['shared_inner']['mean']:.4g} "
                     f"| {_fmt(s['sentiment_token_inner']['mean'], '.4g')} "
                     f"| {_fmt(s['sentiment_token_inner']['frac_negative'], '.2f')} |")
     return "\n".join(rows)

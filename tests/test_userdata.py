@@ -162,20 +162,29 @@ def test_measure_user_data_diagnostics_match_per_token_gradients(user_ckpt_and_d
     report = measure_user_data(ckpt, data, n_pairs=6, seed=1, progress=False)
     pairs = [p for r in report["results"] for p in r["pairs"]]
     assert len(pairs) == 6 and report["config"]["source"] == "data"
-    assert "| shared suffix L |" in format_table(report)
+    assert "| shared suffix L |" in format_table(report) and "| all | 6 |" in format_table(report)
+    assert report["overall"]["n_pairs"] == 6
+    np.testing.assert_allclose(report["overall"]["summary"]["inner"]["mean"],
+                               np.mean([p["inner"] for p in pairs]), rtol=1e-12)
     for r in report["results"]:
         assert all(p["diff"]["suffix"] == r["suffix_length"] for p in r["pairs"])
     by_where = {r.where: k for k, r in enumerate(data.records)}
+    grad_token = jax.jit(jax.grad(
+        lambda params, seq, i: token_logprobs(ckpt.graphdef, params, seq)[i]))
     for p in pairs:
         gram, blocks = np.array(p["token_gram"]), np.array(p["block_inner"])
         np.testing.assert_allclose(gram.sum(), p["inner"], rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(blocks.sum(), gram.sum(), rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(p["span_inner"] + p["shared_inner"], gram.sum(), atol=1e-9)
+        d, n_w, n_l = p["diff"], *gram.shape
+        assert (n_w, n_l) == (d["prefix"] + d["chosen_span"] + d["suffix"],
+                              d["prefix"] + d["rejected_span"] + d["suffix"])
+        np.testing.assert_allclose(p["suffix_inner"],
+                                   gram[n_w - d["suffix"]:, n_l - d["suffix"]:].sum(), atol=1e-9)
         # independent: ⟨∇ log π(y_w,i), ∇ log π(y_l,i)⟩ at the first differing token i
         k, i = by_where[p["where"]], p["diff"]["prefix"]
         pair = user_pairs(data, [k], ckpt.model_config.max_len)[0][0]
-        grad_token = jax.grad(lambda params, seq: token_logprobs(ckpt.graphdef, params, seq)[i])
-        g_w, g_l = grad_token(ckpt.params, pair.chosen), grad_token(ckpt.params, pair.rejected)
+        g_w, g_l = grad_token(ckpt.params, pair.chosen, i), grad_token(ckpt.params, pair.rejected, i)
         direct = sum(float(np.vdot(a, b)) for a, b in zip(jax.tree.leaves(g_w),
                                                          jax.tree.leaves(g_l)))
         np.testing.assert_allclose(p["first_diff_inner"], direct, rtol=1e-3, atol=1e-4)
