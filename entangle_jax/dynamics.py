@@ -31,12 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
+from flax import nnx, struct
 
 from entangle_jax.config import ConfigError
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.gradients import pair_geometry
 from entangle_jax.logprob import batch_sequence_logprobs, sequence_logprob, token_logprobs
+from entangle_jax.model import init_model
 from entangle_jax.objectives import Objective
 
 #: The optimizers a preference step can use: name → optax constructor of the learning rate.
@@ -429,10 +430,13 @@ def batch_update_check(graphdef, params, pairs: Pairs, objective: Objective,
 # The one-step report of ``entangle dynamics``
 # ------------------------------------------------------------------------------------------
 
-def to_float64(params):
-    """``params`` cast to float64 (call inside ``jax.enable_x64(True)``): the O(η²) error of a
-    small step then stands far above rounding, so its order can be fitted."""
-    return jax.tree.map(lambda x: x.astype(jnp.float64), params)
+def to_float64(model_config, params):
+    """``(graphdef, params)`` of the same model in float64 (call inside ``jax.enable_x64(True)``):
+    the O(η²) error of a small step then stands far above rounding, so its order can be fitted.
+    The graphdef is rebuilt too, since layers such as ``nnx.Embed`` keep their compute dtype in it."""
+    config = dataclasses.replace(model_config, param_dtype="float64")
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: init_model(config)))
+    return graphdef, jax.tree.map(lambda x: x.astype(jnp.float64), params)
 
 
 def report_pairs(ckpt, suffix_length: int | None, n_pairs: int) -> Pairs:
@@ -484,10 +488,11 @@ def one_step_report(ckpt, objectives: Sequence[Objective], suffix_lengths: Seque
                           "and pairs > 0")
     rows = []
     with jax.enable_x64(float64):
-        params = to_float64(ckpt.params) if float64 else ckpt.params
+        graphdef, params = (to_float64(ckpt.model_config, ckpt.params) if float64
+                            else (ckpt.graphdef, ckpt.params))
         for length in suffix_lengths:
             pairs = report_pairs(ckpt, length, n_pairs)
-            geo = pair_geometry(ckpt.graphdef, params, pairs)
+            geo = pair_geometry(graphdef, params, pairs)
             logp_w, logp_l = np.asarray(geo.logp_w), np.asarray(geo.logp_l)
             for objective in objectives:
                 d_w, d_l = objective_weights(objective, pairs, logp_w, logp_l, logp_w, logp_l)
@@ -497,7 +502,7 @@ def one_step_report(ckpt, objectives: Sequence[Objective], suffix_lengths: Seque
                 eta = lr if lr is not None else auto_learning_rate(cond.delta_w, cond.delta_l,
                                                                    target_change)
                 lrs = [eta * 0.5 ** k for k in range(halvings + 1)]
-                check = step_check(ckpt.graphdef, params, pairs, c_w, c_l, lrs)
+                check = step_check(graphdef, params, pairs, c_w, c_l, lrs)
                 row = {"objective": objective.name, "hparams": dict(objective.hparams),
                        "normalized": normalized, "shape": shape_name(length),
                        "suffix_length": length, "one_step": check.summary(0),
@@ -513,7 +518,7 @@ def one_step_report(ckpt, objectives: Sequence[Objective], suffix_lengths: Seque
                                  "margin_l": cond.margin_l.tolist()}}
                 if not normalized:
                     for name, rate in (("sgd", eta * len(pairs)), ("adam", adam_lr)):
-                        batch = batch_update_check(ckpt.graphdef, params, pairs, objective, name,
+                        batch = batch_update_check(graphdef, params, pairs, objective, name,
                                                    rate, geometry=geo)
                         row[f"batch_{name}"] = {**batch.summary(), "lr": rate,
                                                 "disagreeing_pairs": batch.disagreements().tolist()}
