@@ -22,6 +22,7 @@ COMMANDS = {
     "measure": "measure",
     "verify": "verify",
     "dynamics": "dynamics",
+    "bench": "bench",
 }
 
 

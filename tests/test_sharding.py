@@ -1,0 +1,91 @@
+"""Sharded over 4 CPU devices equals one device (to float32 rounding): the pair statistics, the Grams and a preference
+gradient step. The device count is fixed at JAX start-up, so the check runs in a child process with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4``."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from entangle_jax.sharding import batch_mesh, padded_size, shard_batch
+
+CHILD = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from flax import nnx
+    from entangle_jax.config import DataConfig, ModelConfig
+    from entangle_jax.data import make_sentiment_data, response_window, sentiment_pairs
+    from entangle_jax.gradients import pair_geometry, sequence_gram, token_grams
+    from entangle_jax.logprob import batch_sequence_logprobs
+    from entangle_jax.model import init_model
+    from entangle_jax.sharding import batch_mesh, replicate, shard_batch
+
+    assert len(jax.devices()) == 4, jax.devices()
+    mesh = batch_mesh()
+    data = make_sentiment_data(DataConfig(n_statements=200, n_unused_words=16))
+    cfg = ModelConfig(vocab_size=len(data.vocab), d_model=16, n_layers=1, n_heads=2, d_mlp=32)
+    graphdef, params = nnx.split(init_model(cfg, seed=0))
+    pairs = sentiment_pairs(data.eval[:6], data.vocab, 3, cfg.max_len, response_window(data.config))
+    rel = lambda a, b: float(np.abs(a - b).max() / np.abs(a).max())
+    gaps = {}
+    for impl in ("materialize", "auto"):
+        one = pair_geometry(graphdef, params, pairs, chunk_size=4, implementation=impl)
+        many = pair_geometry(graphdef, params, pairs, chunk_size=4, implementation=impl, mesh=mesh)
+        gaps[f"pair_geometry/{impl}"] = max(rel(getattr(one, f), getattr(many, f))
+                                            for f in ("logp_w", "sq_norm_w", "inner"))
+    one = token_grams(graphdef, params, pairs[:4], chunk_size=4, implementation="auto")
+    many = token_grams(graphdef, params, pairs[:4], chunk_size=4, implementation="auto", mesh=mesh)
+    gaps["token_grams/auto"] = rel(one.cross, many.cross)
+    one = sequence_gram(graphdef, params, pairs, chunk_size=8, implementation="auto")
+    many = sequence_gram(graphdef, params, pairs, chunk_size=8, implementation="auto", mesh=mesh)
+    gaps["sequence_gram/auto"] = rel(one, many)
+
+    tx = optax.sgd(0.1)
+
+    @jax.jit
+    def step(params, batch):  # one DPO-style step from the margin of the sequence log-probs
+        def loss(p):
+            margin = (batch_sequence_logprobs(graphdef, p, batch.chosen)
+                      - batch_sequence_logprobs(graphdef, p, batch.rejected))
+            return -jax.nn.log_sigmoid(margin).mean()
+        updates, _ = tx.update(jax.grad(loss)(params), tx.init(params), params)
+        return optax.apply_updates(params, updates)
+
+    batch = pairs[np.arange(4)]
+    one = step(params, batch)
+    many = step(replicate(params, mesh), shard_batch(batch, mesh))
+    gaps["train_step"] = max(rel(a, b) for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many)))
+    sharded = shard_batch(batch, mesh).chosen.tokens.sharding
+    gaps["devices_used"] = len(sharded.device_set)
+    print(json.dumps(gaps))
+""")
+
+
+@pytest.fixture(scope="module")
+def sharded_gaps():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_results_equal_one_device(sharded_gaps):
+    assert sharded_gaps.pop("devices_used") == 4
+    # Relative gaps: a device's share of the chunk compiles to other kernels (and the batch mean
+    # is reduced across devices), so equality holds to float32 rounding, not bit for bit.
+    for name, gap in sharded_gaps.items():
+        assert gap <= 1e-5, (name, gap)
+
+
+def test_shard_batch_refuses_a_batch_the_devices_do_not_divide():
+    mesh = batch_mesh()
+    assert padded_size(5, mesh) % mesh.devices.size == 0 and padded_size(5, mesh) >= 5
+    if mesh.devices.size > 1:
+        import numpy as np
+        with pytest.raises(ValueError, match="must be a multiple"):
+            shard_batch(np.zeros((mesh.devices.size + 1, 2)), mesh)
