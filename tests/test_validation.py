@@ -57,7 +57,7 @@ BAD_FILES = [
      "p.jsonl:2: not valid UTF-8 (byte 0xe9 at column 16)"),
     ("not JSON", "p.jsonl", jsonl(GOOD, GOOD, "{'prompt': 'q'}"), [],
      "p.jsonl:3: not valid JSON (Expecting property name enclosed in double quotes at column 2);"
-     " pass --skip-bad-lines"),
+     " pass --skip-bad-lines to skip such records"),
     ("not an object", "p.jsonl", jsonl(["q", "a", "b"]), [], "p.jsonl:1: expected an object"),
     ("wrong type", "p.jsonl", jsonl({**GOOD, "chosen": 4}), [],
      "p.jsonl:1: field 'chosen' must be a string or a list of {role, content} messages; got a "

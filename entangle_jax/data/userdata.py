@@ -166,6 +166,13 @@ def _decode(raw: bytes, where: str) -> str:
                         f"{err.start + 1}); save the file as UTF-8") from None
 
 
+def _skip_or_raise(err: DataError, skip: bool, skipped: list[str]) -> None:
+    """A bad record: noted in ``skipped`` with ``--skip-bad-lines``, else the error (with a hint)."""
+    if not skip:
+        raise DataError(f"{err}; pass --skip-bad-lines to skip such records") from None
+    skipped.append(str(err))
+
+
 def _jsonl_records(raw: bytes, name: str, skip: bool, skipped: list[str]):
     lines = raw.split(b"\n")
     for number, line in enumerate(lines, start=1):
@@ -177,13 +184,11 @@ def _jsonl_records(raw: bytes, name: str, skip: bool, skipped: list[str]):
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as err:
-                raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
-                                "pass --skip-bad-lines to skip such lines") from None
+                raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") \
+                    from None
             yield parse_record(obj, where)
         except DataError as err:
-            if not skip:
-                raise
-            skipped.append(str(err))
+            _skip_or_raise(err, skip, skipped)
 
 
 def _json_records(raw: bytes, name: str, skip: bool, skipped: list[str]):
@@ -200,9 +205,7 @@ def _json_records(raw: bytes, name: str, skip: bool, skipped: list[str]):
         try:
             yield parse_record(obj, f"{name}:record {k}")
         except DataError as err:
-            if not skip:
-                raise
-            skipped.append(str(err))
+            _skip_or_raise(err, skip, skipped)
 
 
 def _csv_records(raw: bytes, name: str, skip: bool, skipped: list[str]):
@@ -236,9 +239,7 @@ def _csv_records(raw: bytes, name: str, skip: bool, skipped: list[str]):
                 raise DataError(f"{where}: no value for {', '.join(missing)}")
             yield parse_record({f: row[f] for f in FIELDS}, where)
         except DataError as err:
-            if not skip:
-                raise
-            skipped.append(str(err))
+            _skip_or_raise(err, skip, skipped)
 
 
 def read_records(path: str | Path, *, skip_bad_lines: bool = False
