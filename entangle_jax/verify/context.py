@@ -48,6 +48,13 @@ class ModelContext:
         self._pairs: dict[int, Pairs] = {}
         self._geometry: dict[int, PairGeometry] = {}
         self._grams: dict[int, TokenGrams] = {}
+        self._memo: dict = {}
+
+    def memo(self, key, compute):
+        """``compute()`` once per ``key``: results that several claims share."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @cached_property
     def data(self) -> SentimentData:
