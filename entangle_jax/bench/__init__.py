@@ -34,8 +34,12 @@ def _peer_status() -> dict[str, str | None]:
     try:
         import neural_tangents  # noqa: F401
         status["neural_tangents"] = None
-    except Exception as err:  # it fails at import against this JAX, not only when missing
-        status["neural_tangents"] = f"neural-tangents does not import: {type(err).__name__}: {err}"
+    except ModuleNotFoundError:
+        status["neural_tangents"] = ("not installed: its last release, 0.6.5, cannot run against "
+                                     "jax 0.10 (it imports jax.core.Jaxpr, since removed, and "
+                                     "pulls TensorFlow)")
+    except Exception as err:  # installed, but broken against this JAX
+        status["neural_tangents"] = f"does not import: {type(err).__name__}: {err}"
     return status
 
 
