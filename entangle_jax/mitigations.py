@@ -93,7 +93,7 @@ def normalized_coefficients(d_w, d_l, sq_norm_w, sq_norm_l, *, balanced: bool = 
     """``(d_w/‖g_w‖, d_l/‖g_l‖)``, with ``(d_w + d_l)/2`` for both d's when ``balanced``."""
     if balanced:
         d_w = d_l = (d_w + d_l) / 2
-    return d_w / jnp.sqrt(sq_norm_w), d_l / jnp.sqrt(sq_norm_l)
+    return d_w / sq_norm_w ** 0.5, d_l / sq_norm_l ** 0.5  # numpy or jax in, the same out
 
 
 @dataclass(frozen=True)
