@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from entangle_jax.figures import mean_ci95, sources, style
+from entangle_jax.figures import sources, style
+from entangle_jax.figures.tables import mean_ci95
 from entangle_jax.figures.runner import script_main
 from entangle_jax.verify.context import ModelContext, precision_scope
 from entangle_jax.verify.regimes import VerifySettings

@@ -1,6 +1,4 @@
-"""Figures: the shared style, the cached figure runs and the runner of the scripts in ``figures/``
-(``entangle figures``). See ``figures.runner`` for what a figure script defines."""
-
-from entangle_jax.figures.runs import FigureContext, mean_ci95, read_csv, write_csv
-
-__all__ = ["FigureContext", "mean_ci95", "read_csv", "write_csv"]
+"""Figures: the shared style (``style``), where runs are cached (``context``), the models and
+preference runs they come from (``sources``), the plotted numbers (``tables``) and the runner of the
+scripts in ``figures/`` (``runner``, ``entangle figures``). See ``runner`` for what a figure script
+defines."""

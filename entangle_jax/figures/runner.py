@@ -24,7 +24,8 @@ from types import ModuleType
 
 from entangle_jax.config import ConfigError
 from entangle_jax.figures import style
-from entangle_jax.figures.runs import FigureContext, write_csv
+from entangle_jax.figures.context import FigureContext, add_context_options, context_from_args
+from entangle_jax.figures.tables import write_csv
 
 #: The repository's ``figures/`` folder (the scripts are not installed with the package).
 SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "figures"
@@ -81,23 +82,6 @@ def run_figure(module: ModuleType, ctx: FigureContext) -> FigureOutput:
     fig, rows = module.plot(results, config)
     paths = [*style.save(fig, ctx.out_dir, stem), write_csv(Path(ctx.out_dir) / f"{stem}.csv", rows)]
     return FigureOutput(stem, tuple(paths), time.perf_counter() - start)
-
-
-def add_context_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny models and few steps: a smoke run in about a minute")
-    parser.add_argument("--out", default="figures/out",
-                        help="output directory for PNG, PDF and CSV (default figures/out)")
-    parser.add_argument("--cache-dir", default=".cache",
-                        help="trained models (CACHE/models) and figure runs (CACHE/figures) "
-                             "are reused from here (default .cache)")
-    parser.add_argument("--recompute", action="store_true",
-                        help="recompute the figure runs even when cached (models are reused)")
-
-
-def context_from_args(args) -> FigureContext:
-    return FigureContext(out_dir=Path(args.out), cache_dir=Path(args.cache_dir), quick=args.quick,
-                         recompute=args.recompute)
 
 
 def script_main(path: str | Path, argv: list[str] | None = None) -> int:

@@ -72,7 +72,7 @@ def cached_preference(ckpt: Checkpoint, config: PreferenceConfig, ctx) -> Prefer
     key = config_hash(ckpt.model_config, ckpt.data_config, ckpt.sft_config, config)
     directory = Path(ctx.cache_dir) / "preference" / key
     log_path = directory / "log.jsonl"
-    if not ctx.recompute:
+    if ctx.use_stored(str(directory)):
         try:
             final = load_checkpoint(directory / "final")
             return PreferenceResult(read_log(log_path), final.params, log_path)
@@ -80,6 +80,7 @@ def cached_preference(ckpt: Checkpoint, config: PreferenceConfig, ctx) -> Prefer
             pass
     run = train_preference(ckpt, config, log_path=log_path, progress=ctx.progress)
     save_checkpoint(directory / "final", dataclasses.replace(ckpt, params=run.params))
+    ctx.recomputed.add(str(directory))
     return PreferenceResult(run.records, run.params, log_path)
 
 

@@ -1,0 +1,52 @@
+"""``entangle figures``: regenerate the paper's figures and the toolkit's own (``figures/``)."""
+
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    from entangle_jax.figures.context import add_context_options
+
+    parser = subparsers.add_parser(
+        "figures", help="regenerate every figure (PNG, PDF and the plotted numbers as CSV)",
+        description="Runs the figure scripts of figures/ (fig1 … fig7): trains or reuses the "
+                    "models and runs they need (cached by config hash under --cache-dir), then "
+                    "writes OUT/<figure>.png, .pdf and .csv, and OUT/figures.json (timings).")
+    parser.add_argument("--only", help="comma-separated figures to run: numbers (1,3), fig3 or "
+                                       "full names (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the figures and exit")
+    add_context_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import time
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from entangle_jax.figures.context import context_from_args
+    from entangle_jax.figures.runner import discover, load, run_figure, select
+    from entangle_jax.io import atomic_write_json
+
+    scripts = select(discover(), args.only)
+    if args.list:
+        for stem, path in scripts.items():
+            summary = " ".join((load(path).__doc__ or "").split("\n\n")[0].split())
+            print(f"{stem:24s} {summary[:100] + ('…' if len(summary) > 100 else '')}")
+        return 0
+    ctx = context_from_args(args)
+    start = time.perf_counter()
+    summary = {}
+    bar = tqdm(scripts.items(), desc="figures", unit="figure")
+    for stem, path in bar:
+        bar.set_postfix_str(stem)
+        output = run_figure(load(path), ctx)
+        summary[stem] = {"seconds": round(output.seconds, 2),
+                         "files": [str(p) for p in output.paths]}
+        tqdm.write(f"{stem:28s} {output.seconds:7.1f} s  → {Path(output.paths[0]).with_suffix('')}"
+                   ".{png,pdf,csv}")
+    total = time.perf_counter() - start
+    atomic_write_json(Path(ctx.out_dir) / "figures.json",
+                      {"quick": ctx.quick, "total_seconds": round(total, 2), "figures": summary})
+    print(f"{len(summary)} figure(s) in {total:.1f} s; wrote {Path(ctx.out_dir) / 'figures.json'}")
+    return 0
