@@ -23,6 +23,7 @@ COMMANDS = {
     "verify": "verify",
     "dynamics": "dynamics",
     "bench": "bench",
+    "figures": "figures",
 }
 
 
