@@ -101,16 +101,11 @@ def test_sequence_gram_matches_a_per_response_loop(model):
         _close(got, want, np.abs(want).max())
 
 
-def test_sequence_gram_blocks_and_pair_geometry_agree(model):
+def test_sequence_gram_blocks_agree_with_one_block(model):
     graphdef, params, pairs = model
-    b = len(pairs)
     whole = sequence_gram(graphdef, params, pairs, implementation="auto")
     blocked = sequence_gram(graphdef, params, pairs, chunk_size=4, implementation="auto")
-    geo = pair_geometry(graphdef, params, pairs, implementation="structured")
-    scale = np.abs(whole).max()
-    _close(blocked, whole, scale)
-    _close(np.diag(whole)[:b], geo.sq_norm_w, scale)
-    _close(whole[np.arange(b), np.arange(b) + b], geo.inner, scale)
+    _close(blocked, whole, np.abs(whole).max())
 
 
 def test_auto_plan_mixes_ghost_and_outer_by_cost():
@@ -143,8 +138,9 @@ def test_unknown_implementation_is_refused(model):
 
 
 def test_fast_strategies_on_the_4_layer_width_256_model(tiny_data):
-    """At the size where jit(jacrev) was seen to miscompile, every strategy's token Gram and
-    sequence-level products equal one jitted grad per response token, contracted in float64."""
+    """At the size where jit(jacrev) was seen to miscompile, the fast strategies' token Grams and
+    ⟨g_w, g_l⟩ equal one jitted grad per response token, contracted in float64 (materialize is
+    checked the same way in test_gradients)."""
     cfg = ModelConfig(vocab_size=len(tiny_data.vocab), max_len=16, d_model=256, n_layers=4,
                       n_heads=4, d_mlp=1024)
     graphdef, params = nnx.split(init_model(cfg, seed=1))
@@ -158,9 +154,9 @@ def test_fast_strategies_on_the_4_layer_width_256_model(tiny_data):
     want = {"cross": rows["chosen"] @ rows["rejected"].T, "chosen": rows["chosen"] @ rows["chosen"].T,
             "rejected": rows["rejected"] @ rows["rejected"].T}
     scale = np.abs(want["chosen"]).max()
-    for implementation in ("materialize", *FAST):
+    for implementation in FAST:
         grams = token_grams(graphdef, params, pairs, chunk_size=1, implementation=implementation)
         for field, value in want.items():
             _close(getattr(grams, field)[0, :n, :n], value, scale, tol=1e-4)
-        geo = pair_geometry(graphdef, params, pairs, chunk_size=1, implementation=implementation)
-        _close(geo.inner, want["cross"].sum(), scale, tol=1e-4)
+    geo = pair_geometry(graphdef, params, pairs, chunk_size=1, implementation="auto")
+    _close(geo.inner, want["cross"].sum(), scale, tol=1e-4)
