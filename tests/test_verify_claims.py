@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from entangle_jax.verify import Verdict, VerifySettings
-from entangle_jax.verify.claims import output_layer, theorem1, theorem3, tokenwise
+from entangle_jax.verify.claims import (gradient_condition, mitigation, output_layer, theorem1,
+                                        theorem3, tokenwise)
 
 SETTINGS = VerifySettings(n_boot=200)
 N, SEEDS = 64, 3
@@ -164,3 +165,66 @@ def test_tokenwise_not_applicable_without_positive_pairs_or_uncertainty():
         is Verdict.NOT_APPLICABLE
     assert tokenwise.evaluate(_tokenwise(p_w=0.9995, p_l=0.0004), SETTINGS).verdict \
         is Verdict.NOT_APPLICABLE
+
+
+def _condition(agree=True, order=2.0, case4=False, run_agree=True):
+    def make(rng):
+        rows = 3 * N  # the pairs of the three shapes
+        return {"agree": np.full(rows, agree), "relative_error": rng.uniform(0.01, 0.03, rows),
+                "order": order + rng.normal(0, 0.01, rows), "case4": np.full(rows, case4),
+                "margin_falls": np.zeros(rows, bool), "control_case4": np.ones(rows, bool),
+                "pooled_order": np.full(rows, order), "run_agree": np.full(N, run_agree),
+                "run_predicted_case": np.ones(N, int), "run_actual_case": np.ones(N, int)}
+    return _seeds(make)
+
+
+def test_gradient_condition_holds_when_every_check_passes():
+    ev = gradient_condition.evaluate(_condition(), SETTINGS)
+    assert ev.verdict is Verdict.HOLDS and ev.control_ok is True
+
+
+@pytest.mark.parametrize("kwargs", [{"agree": False}, {"order": 1.0}, {"order": 3.0},
+                                    {"case4": True}, {"run_agree": False}])
+def test_gradient_condition_fails_when_one_check_fails(kwargs):
+    ev = gradient_condition.evaluate(_condition(**kwargs), SETTINGS)
+    assert ev.verdict is Verdict.FAILS
+    assert sum(not c.passed for c in ev.checks) >= 1
+
+
+class _Steps:
+    """A stand-in for dynamics.OneStepCheck whose errors scale as c·η^order."""
+
+    def __init__(self, order, scale):
+        self.lrs = 0.1 * 2.0 ** -np.arange(4)
+        self.order, self.scale = order, np.asarray(scale)
+
+    def errors(self, k):
+        e = self.scale * self.lrs[k] ** self.order
+        return e / 2, e / 2
+
+
+def test_error_orders_recovers_the_power_of_eta():
+    np.testing.assert_allclose(gradient_condition.error_orders(_Steps(2.0, [1.0, 5.0, 0.3])), 2.0)
+    np.testing.assert_allclose(gradient_condition.error_orders(_Steps(1.0, [2.0])), 1.0)
+
+
+def _mitigation(real=True, dpo=False):
+    def make(rng):
+        rows = 3 * N
+        return {"real_case1": np.full(rows, real), "first_order_case1": np.ones(rows, bool),
+                "dpo_real_case1": np.full(rows, dpo)}
+    return _seeds(make)
+
+
+def test_mitigation_holds_with_case1_everywhere_and_reports_a_passing_control():
+    ev = mitigation.evaluate(_mitigation(), SETTINGS)
+    assert ev.verdict is Verdict.HOLDS and ev.control_ok is True
+    ev = mitigation.evaluate(_mitigation(dpo=True), SETTINGS)
+    assert ev.verdict is Verdict.HOLDS and ev.control_ok is False  # nothing to mitigate
+
+
+def test_mitigation_fails_when_real_steps_leave_case1():
+    per_seed = _mitigation()
+    for m in per_seed:
+        m["real_case1"][: N // 2] = False
+    assert mitigation.evaluate(per_seed, SETTINGS).verdict is Verdict.FAILS

@@ -61,7 +61,7 @@ def test_row_contract_and_nan_as_null():
 
 
 @pytest.mark.parametrize("field, value", [("seeds", ()), ("seeds", (0, 0)), ("n_pairs", 1),
-                                          ("precision", "float16"), ("grams_length", 13),
+                                          ("precision", "float16"), ("long_suffix", 13), ("long_suffix", 1),
                                           ("ntk_pairs", 100), ("n_boot", 10)])
 def test_settings_validation_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from entangle_jax.config import ConfigError, DataConfig, ModelConfig, SFTConfig
+from entangle_jax.data.sentiment import SHAPES
 from entangle_jax.verify.stats import RESOLUTION
 
 
@@ -49,7 +50,9 @@ class VerifySettings:
     """Everything that determines a verification run's numbers (hashed into ``config_hash``).
 
     ``n_pairs`` eval pairs per seed; suffix lengths run over ``0..data.max_suffix_length``;
-    ``grams_length`` is the suffix length of the token-wise Gram (the paper's long suffix, 6);
+    ``long_suffix`` is the paper's long suffix ("sentiment based on my judgement .", 6 tokens):
+    the suffix of the token-wise Gram and of the short DPO run, and with 0 and 2 (single, short)
+    one of the ``shapes`` of the one-step checks;
     ``ntk_pairs`` pairs per seed get the explicit logit eNTK; ``precision`` of the gradient
     arithmetic (the models train in float32; their parameters are cast for the checks)."""
 
@@ -58,7 +61,7 @@ class VerifySettings:
     regimes: tuple[Regime, ...] = REGIMES
     seeds: tuple[int, ...] = (0, 1, 2)
     n_pairs: int = 64
-    grams_length: int = 6
+    long_suffix: int = 6
     ntk_pairs: int = 8
     precision: str = "float64"
     n_boot: int = 2000
@@ -75,9 +78,9 @@ class VerifySettings:
                 "must be distinct integers >= 0, at least one")
         require(isinstance(self.n_pairs, int) and self.n_pairs >= 2, "n_pairs",
                 "must be an integer >= 2")
-        require(isinstance(self.grams_length, int)
-                and 1 <= self.grams_length <= self.data.max_suffix_length, "grams_length",
-                f"must be an integer in 1..{self.data.max_suffix_length}")
+        require(isinstance(self.long_suffix, int)
+                and 2 <= self.long_suffix <= self.data.max_suffix_length, "long_suffix",
+                f"must be an integer in 2..{self.data.max_suffix_length}")
         require(self.data.max_suffix_length >= 2, "data",
                 "needs max_suffix_length >= 2 (the shortest suffix of the paper has 2 tokens)")
         require(isinstance(self.ntk_pairs, int) and 1 <= self.ntk_pairs <= self.n_pairs,
@@ -96,6 +99,11 @@ class VerifySettings:
     @property
     def max_suffix(self) -> int:
         return self.data.max_suffix_length
+
+    @property
+    def shapes(self) -> tuple[int, ...]:
+        """The paper's pair shapes: single (L=0), short (L=2) and long (``long_suffix``)."""
+        return tuple(sorted({SHAPES["single"], SHAPES["short"], self.long_suffix}))
 
     def data_config(self, seed: int) -> DataConfig:
         return dataclasses.replace(self.data, seed=seed)

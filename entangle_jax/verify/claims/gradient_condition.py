@@ -1,6 +1,7 @@
 """The gradient condition (DESIGN.md §1.2) against real DPO steps, and a short real DPO run.
 
-For each pair of the paper's three shapes (L = 0, 2, 6: single, short, long) the DPO update of that
+For each pair of the paper's three shapes (L = 0, 2, 6: single, short, long; ``VerifySettings.
+shapes``) the DPO update of that
 pair alone, ``u = d_w g_w − d_l g_l`` (π_ref = the model itself, so d_w = d_l = β/2), predicts
 
     Δlog π_w ≈ η (d_w‖g_w‖² − d_l⟨g_w,g_l⟩),   Δlog π_l ≈ η (d_w⟨g_w,g_l⟩ − d_l‖g_l‖²).
@@ -32,7 +33,6 @@ import dataclasses
 
 import numpy as np
 
-from entangle_jax.data.sentiment import SHAPES
 from entangle_jax.dynamics import (auto_learning_rate, case_of, gradient_condition,
                                    one_step_check, sequence_logps, step_check)
 from entangle_jax.objectives import get_objective
@@ -42,7 +42,6 @@ from entangle_jax.verify.claims.base import Claim, check, column
 from entangle_jax.verify.context import ModelContext
 from entangle_jax.verify.rules import Evaluation, Hypothesis, Rule
 
-SHAPE_LENGTHS = (SHAPES["single"], SHAPES["short"], SHAPES["long"])
 TARGET_CHANGE = 0.05
 HALVINGS = 3
 RUN_STEPS, RUN_BATCH = 20, 32
@@ -84,7 +83,7 @@ def error_orders(step) -> np.ndarray:
 def measure(ctx: ModelContext) -> dict:
     rows = {k: [] for k in ("agree", "relative_error", "order", "case4", "margin_falls",
                             "control_case4", "pooled_order")}
-    for length in SHAPE_LENGTHS:
+    for length in ctx.settings.shapes:
         pairs = ctx.pairs(length)
         step, d_w, d_l = dpo_one_step(ctx, length)
         predicted, actual = step.predicted_case, step.actual_case(0)
@@ -108,7 +107,7 @@ def measure(ctx: ModelContext) -> dict:
 def _short_run(ctx: ModelContext) -> dict:
     """A short batched DPO run at the long suffix: each eval pair's predicted case at the start
     against the direction it actually took."""
-    length = SHAPES["long"]
+    length = ctx.settings.long_suffix
     eta, d_w, d_l = dpo_step_size(ctx, length)
     geo, pairs = ctx.geometry(length), ctx.pairs(length)
     predicted = gradient_condition(d_w, d_l, geo.sq_norm_w, geo.sq_norm_l, geo.inner).case
@@ -128,7 +127,8 @@ def evaluate(per_seed, settings) -> Evaluation:
         return column(per_seed, name)
 
     checks = (
-        check("fraction of pairs whose real step has the predicted case (L=0,2,6)",
+        check("fraction of pairs whose real step has the predicted case "
+              f"(L={','.join(map(str, settings.shapes))})",
               stats.fraction_true, col("agree"), AGREEMENT_RULE, settings),
         check("median relative error of the predicted Δlog π at η", _median,
               col("relative_error"), Rule("ci_hi", "<=", 0.1), settings),
@@ -140,8 +140,8 @@ def evaluate(per_seed, settings) -> Evaluation:
               col("case4"), NEVER, settings),
         check("fraction of pairs whose DPO margin falls to first order", stats.fraction_true,
               col("margin_falls"), NEVER, settings),
-        check(f"fraction of eval pairs whose {RUN_STEPS}-step SGD DPO run (L=6) goes the "
-              "predicted way", stats.fraction_true, col("run_agree"),
+        check(f"fraction of eval pairs whose {RUN_STEPS}-step SGD DPO run "
+              f"(L={settings.long_suffix}) goes the predicted way", stats.fraction_true, col("run_agree"),
               AGREEMENT_RULE, settings),
     )
     control = check("fraction of pairs in case 4 under the reversed update", stats.fraction_true,

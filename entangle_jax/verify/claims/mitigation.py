@@ -21,8 +21,7 @@ from entangle_jax.dynamics import auto_learning_rate, gradient_condition, step_c
 from entangle_jax.mitigations import normalized_coefficients
 from entangle_jax.verify import stats
 from entangle_jax.verify.claims.base import Claim, check, column
-from entangle_jax.verify.claims.gradient_condition import (SHAPE_LENGTHS, TARGET_CHANGE,
-                                                           dpo_one_step)
+from entangle_jax.verify.claims.gradient_condition import TARGET_CHANGE, dpo_one_step
 from entangle_jax.verify.context import ModelContext
 from entangle_jax.verify.rules import Evaluation, Hypothesis, Rule
 
@@ -32,7 +31,7 @@ EVERY_PAIR = Rule("value", ">=", 1.0)
 
 def measure(ctx: ModelContext) -> dict:
     rows = {"real_case1": [], "first_order_case1": [], "dpo_real_case1": []}
-    for length in SHAPE_LENGTHS:
+    for length in ctx.settings.shapes:
         geo = ctx.geometry(length)
         dpo_step, d_w, d_l = dpo_one_step(ctx, length)
         c_w, c_l = (np.asarray(c) for c in
@@ -48,7 +47,8 @@ def measure(ctx: ModelContext) -> dict:
 
 def evaluate(per_seed, settings) -> Evaluation:
     checks = (
-        check("fraction of pairs in case 1 after one real normalized step (L=0,2,6)",
+        check("fraction of pairs in case 1 after one real normalized step "
+              f"(L={','.join(map(str, settings.shapes))})",
               stats.fraction_true, column(per_seed, "real_case1"), CASE1_RULE, settings),
         check("fraction of pairs in case 1 to first order", stats.fraction_true,
               column(per_seed, "first_order_case1"), EVERY_PAIR, settings),
@@ -57,8 +57,8 @@ def evaluate(per_seed, settings) -> Evaluation:
                     stats.fraction_true, column(per_seed, "dpo_real_case1"), CASE1_RULE,
                     settings)
     def by_shape(name):  # rows are the pairs of each shape in turn
-        x = np.stack([a.reshape(len(SHAPE_LENGTHS), -1) for a in column(per_seed, name)])
-        return {f"L={L}": float(v) for L, v in zip(SHAPE_LENGTHS, x.mean((0, 2)))}
+        x = np.stack([a.reshape(len(settings.shapes), -1) for a in column(per_seed, name)])
+        return {f"L={L}": float(v) for L, v in zip(settings.shapes, x.mean((0, 2)))}
 
     details = {"normalized_real_case1_by_L": by_shape("real_case1"),
                "dpo_real_case1_by_L": by_shape("dpo_real_case1")}

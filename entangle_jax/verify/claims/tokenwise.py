@@ -1,7 +1,7 @@
 """Token-wise: at the sentiment token's index i, ⟨g_w^i, g_l^i⟩ < 0 even when ⟨g_w, g_l⟩ > 0.
 
 With the token-wise Gram ``M[i, j] = ⟨g_w^i, g_l^j⟩`` of a pair at the paper's long suffix
-(``grams_length``, 6), the sequence inner product is ``Σ_ij M[i, j]`` and M splits into blocks:
+(``VerifySettings.long_suffix``, 6), the sequence inner product is ``Σ_ij M[i, j]`` and M splits into blocks:
 sentiment × sentiment ``M[0,0]``, the suffix diagonal ``Σ_{i≥1} M[i,i]``, the suffix off-diagonal
 ``Σ_{i≠j≥1} M[i,j]`` and sentiment × suffix ``Σ_{j≥1} M[0,j] + M[j,0]``. By causality M[0,0] is the
 single-token inner product of Theorem 1, so the claim shares its premise (uncertainty at the
@@ -39,7 +39,7 @@ def gram_blocks(cross: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def measure(ctx: ModelContext) -> dict:
-    length = ctx.settings.grams_length
+    length = ctx.settings.long_suffix
     grams, geo = ctx.grams(length), ctx.geometry(length)
     cross = np.asarray(grams.cross)
     # ‖g_w^i‖ ‖g_l^i‖ of the first two slots: the scale that resolves the sign of M[i, i]
@@ -63,7 +63,7 @@ def evaluate(per_seed, settings) -> Evaluation:
 
     positive = [s > 0 for s in sign("inner", "scale")]
     head = check("fraction with M[0,0] < 0 among pairs with ⟨g_w,g_l⟩ > 0 "
-                 f"(L={settings.grams_length})", stats.conditional_fraction,
+                 f"(L={settings.long_suffix})", stats.conditional_fraction,
                  [np.stack([s < 0, p], -1) for s, p in zip(sign("m00", "scale_00"), positive)],
                  FRACTION_RULE, settings)
     control = check("fraction with M[1,1] < 0 among the same pairs", stats.conditional_fraction,
@@ -72,7 +72,7 @@ def evaluate(per_seed, settings) -> Evaluation:
     base = uncertainty_hypothesis(per_seed, "the model is uncertain at the sentiment token, and "
                                   "some pairs have a positive sequence-level ⟨g_w,g_l⟩")
     hypothesis = Hypothesis(base.statement, (*base.conditions, Condition(
-        f"fraction of pairs with ⟨g_w,g_l⟩ > 0 (L={settings.grams_length})",
+        f"fraction of pairs with ⟨g_w,g_l⟩ > 0 (L={settings.long_suffix})",
         float(np.mean(np.concatenate(positive))), Rule("value", ">=", POSITIVE_PAIRS_MIN))))
     blocks = {k: column(per_seed, f"block_{k}") for k in BLOCKS}
     positive_mass = {k: float(np.sum(np.maximum(np.concatenate(v), 0))) for k, v in blocks.items()}
