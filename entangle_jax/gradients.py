@@ -282,6 +282,8 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
     params, chunk_size = _on_mesh(params, chunk_size, mesh)
     if isinstance(batch, Pairs):
         batch = pairs_as_responses(batch)
+    # a batch smaller than one block is not padded up to it (its shape is the padded shape)
+    chunk_size = padded_size(min(chunk_size, int(batch.tokens.shape[0])), mesh)
     if implementation == "materialize":
         block = partial(_materialized_block, graphdef, params)
         cross = _materialized_cross
