@@ -147,8 +147,8 @@ class TokenMask:
     ``init`` the initial weight of every position."""
 
     objective: Objective
-    l1: float = 0.01
-    mask_learning_rate: float = 0.05
+    l1: float = 0.05
+    mask_learning_rate: float = 1.0
     init: float = 1.0
 
     def __post_init__(self):
@@ -192,7 +192,7 @@ class TokenMask:
 
 
 def make_method(objective: Objective, mitigation: str = "none", *, balanced: bool = False,
-                mask_l1: float = 0.01, mask_learning_rate: float = 0.05):
+                mask_l1: float = 0.05, mask_learning_rate: float = 1.0):
     """The update rule ``mitigation`` (one of ``MITIGATIONS``) for ``objective``."""
     if mitigation == "none":
         return Plain(objective)

@@ -240,7 +240,7 @@ def known_names() -> list[str]:
     return sorted({*_SPECS, *ALIASES})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Objective:
     """A per-pair loss ``loss_fn(logp_w, logp_l, ref_w, ref_l, len_w, len_l) -> scalar`` with its
     name and hyperparameters. ``Objective("mine", my_loss)`` wraps a user-written loss.
@@ -251,6 +251,17 @@ class Objective:
     loss_fn: LossFn
     hparams: tuple[tuple[str, float], ...] = ()
     margin_based: bool = True
+
+    def _key(self):
+        fn = self.loss_fn  # a zoo loss is partial(paper_fn, **hparams): compare its parts
+        fn_key = (fn.func, tuple(sorted(fn.keywords.items()))) if isinstance(fn, partial) else fn
+        return (self.name, self.hparams, self.margin_based, fn_key)
+
+    def __eq__(self, other):
+        return isinstance(other, Objective) and self._key() == other._key()
+
+    def __hash__(self):  # equal objectives share jit compilations (they are static arguments)
+        return hash(self._key())
 
     @property
     def beta(self) -> float:

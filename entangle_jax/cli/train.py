@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from entangle_jax.cli.common import (add_data_options, add_resume_options, add_sft_options,
                                      configs_from_args, user_data_from_args, warn)
+from entangle_jax.cli.preference import (add_preference_options, resolve_sft_defaults,
+                                         run_preference)
 
 
 def add_parser(subparsers) -> None:
@@ -11,15 +13,20 @@ def add_parser(subparsers) -> None:
         "train", help="fine-tune a small transformer on the sentiment task, write a checkpoint",
         description="Supervised fine-tuning (optax AdamW) on prompt + true-sentiment response. "
                     "Writes OUT/config.json and OUT/params.npz, the resumable OUT/train_state.npz "
-                    "and the per-step log OUT/metrics.jsonl.")
+                    "and the per-step log OUT/metrics.jsonl. With --objective: preference "
+                    "training from --checkpoint instead, logged to a JSONL file.")
     parser.add_argument("--out", default="runs/sft", help="checkpoint directory (default runs/sft)")
     add_sft_options(parser)
     add_data_options(parser)
     add_resume_options(parser)
+    add_preference_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.objective:
+        return run_preference(args)
+    resolve_sft_defaults(args)
     from entangle_jax.data.sentiment import make_sentiment_data
     from entangle_jax.train.sft import saved_progress, train_sft
 

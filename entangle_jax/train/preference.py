@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,8 @@ class PreferenceConfig:
     hparams: Any = ()
     mitigation: str = "none"
     balanced: bool = False
-    mask_l1: float = 0.01
-    mask_learning_rate: float = 0.05
+    mask_l1: float = 0.05
+    mask_learning_rate: float = 1.0
     optimizer: str = "adam"
     learning_rate: float = 1e-4
     steps: int = 100
@@ -155,6 +156,30 @@ def _step_metrics(beta: float, out: dict) -> dict:
             "weights/d_w": out["d_w"].mean(), "weights/d_l": out["d_l"].mean()}
 
 
+# Module-level jits with hashable static arguments: runs of the same method, optimizer and
+# learning rate share one compilation (objectives and methods compare by value).
+@partial(jax.jit, static_argnames=("graphdef", "method", "optimizer", "learning_rate"))
+def _train_step(params, opt_state, extra, batch, ref_params, *, graphdef, method, optimizer,
+                learning_rate):
+    tx = make_optimizer(optimizer, learning_rate)
+    ref_tok_w, ref_tok_l = pair_token_logprobs(graphdef, ref_params, batch)
+    c_w, c_l, out = method.coefficients(graphdef, params, extra, batch, ref_tok_w, ref_tok_l)
+    grads = jax.tree.map(jnp.negative, coefficient_update(graphdef, params, batch, c_w, c_l))
+    updates, opt_state = tx.update(grads, opt_state, params)
+    extra = method.update_extra(extra, out, ref_tok_w, ref_tok_l, *pair_lengths(batch))
+    metrics = {**_step_metrics(method.objective.beta, out), "grad_norm": optax.tree.norm(grads)}
+    new_params = optax.apply_updates(params, updates)
+    flags = finite_flags(loss=out["loss"], log_probs=(out["logp_w"], out["logp_l"]),
+                         gradient=grads, parameters=new_params)
+    return new_params, opt_state, extra, metrics, flags
+
+
+@partial(jax.jit, static_argnames=("graphdef", "method"))
+def _probe_coefficients(params, extra, probe, ref_tok_w, ref_tok_l, *, graphdef, method):
+    c_w, c_l, out = method.coefficients(graphdef, params, extra, probe, ref_tok_w, ref_tok_l)
+    return c_w, c_l, out["logp_w"], out["logp_l"]
+
+
 def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
                      log_path: str | Path | None = None, progress: bool = True) -> PreferenceRun:
     """Train ``config``'s method from ``ckpt`` (policy and frozen reference); returns the final
@@ -169,27 +194,12 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
                           "training pairs")
     ref_probe = pair_logprobs(graphdef, ckpt.params, probe)
     tx = make_optimizer(config.optimizer, config.learning_rate)
-
-    @jax.jit
-    def train_step(params, opt_state, extra, batch, ref_params):
-        ref_tok_w, ref_tok_l = pair_token_logprobs(graphdef, ref_params, batch)
-        c_w, c_l, out = method.coefficients(graphdef, params, extra, batch, ref_tok_w, ref_tok_l)
-        grads = jax.tree.map(jnp.negative, coefficient_update(graphdef, params, batch, c_w, c_l))
-        updates, opt_state = tx.update(grads, opt_state, params)
-        extra = method.update_extra(extra, out, ref_tok_w, ref_tok_l, *pair_lengths(batch))
-        metrics = {**_step_metrics(objective.beta, out), "grad_norm": optax.global_norm(grads)}
-        new_params = optax.apply_updates(params, updates)
-        flags = finite_flags(loss=out["loss"], log_probs=(out["logp_w"], out["logp_l"]),
-                             gradient=grads, parameters=new_params)
-        return new_params, opt_state, extra, metrics, flags
-
-    @jax.jit
-    def probe_coefficients(params, extra):
-        c_w, c_l, out = method.coefficients(graphdef, params, extra, probe, *ref_probe)
-        return c_w, c_l, out["logp_w"], out["logp_l"]
+    static = dict(graphdef=graphdef, method=method, optimizer=config.optimizer,
+                  learning_rate=config.learning_rate)
 
     def run_probe(step, params, extra) -> dict:
-        c_w, c_l, logp_w, logp_l = probe_coefficients(params, extra)
+        c_w, c_l, logp_w, logp_l = _probe_coefficients(params, extra, probe, *ref_probe,
+                                                       graphdef=graphdef, method=method)
         check = step_check(graphdef, params, probe, np.asarray(c_w), np.asarray(c_l))
         record = {"kind": "probe", "step": step,
                   "probe/logps/chosen": _mean(logp_w), "probe/logps/rejected": _mean(logp_l),
@@ -230,8 +240,8 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
         bar = tqdm(range(1, config.steps + 1), desc=method.name, disable=not progress)
         for step in bar:
             idx = rng.choice(len(train), config.batch_size, replace=False)
-            params, opt_state, extra, metrics, flags = train_step(params, opt_state, extra,
-                                                                  train[idx], ckpt.params)
+            params, opt_state, extra, metrics, flags = _train_step(
+                params, opt_state, extra, train[idx], ckpt.params, **static)
             check_finite(step, flags)  # NaN/Inf stops the run, naming the step and quantity
             record = {"kind": "train", "step": step,
                       **{k: float(v) for k, v in jax.device_get(metrics).items()}}
