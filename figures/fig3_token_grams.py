@@ -35,7 +35,7 @@ def config(quick: bool) -> Config:
 
 def compute(cfg: Config, ctx, run_dir) -> dict:
     s = cfg.settings
-    length = s.grams_length
+    length = s.long_suffix
     ckpt = sources.checkpoint(s, cfg.regime, cfg.seed, ctx)
     with precision_scope(s):
         model = ModelContext(ckpt, s.regime(cfg.regime), cfg.seed, s)

@@ -48,16 +48,18 @@ def compute(cfg: Config, ctx, run_dir) -> dict:
 
 
 def plot(results: dict, cfg: Config):
-    fig, axes = style.figure(1, 2, height=3.0)
+    fig, axes = style.figure(1, 2, height=3.6)
     ax_pts, ax_err = axes[0]
     rows = []
     lim = 0.0
     for result in results["results"]:
         shape, pairs, one = result["shape"], result["pairs"], result["one_step"]
-        for who, color in (("w", style.CHOSEN), ("l", style.REJECTED)):
-            predicted, actual = np.asarray(pairs[f"predicted_{who}"]), np.asarray(pairs[f"actual_{who}"])
+        for who, color, label in (("w", style.CHOSEN, "chosen Δlog π_w"),
+                                  ("l", style.REJECTED, "rejected Δlog π_l")):
+            predicted = np.asarray(pairs[f"predicted_{who}"])
+            actual = np.asarray(pairs[f"actual_{who}"])
             ax_pts.scatter(predicted, actual, s=9, marker=MARKERS[shape], facecolor="none",
-                           edgecolor=color, linewidth=0.8)
+                           edgecolor=color, linewidth=0.8, label=f"{label}, {shape}")
             lim = max(lim, np.abs(predicted).max(), np.abs(actual).max())
             rows += [{"kind": "step", "shape": shape,
                       "response": "chosen" if who == "w" else "rejected", "pair": k,
@@ -77,11 +79,7 @@ def plot(results: dict, cfg: Config):
     ax_pts.set_aspect("equal")
     ax_pts.axhline(0, color="0.7", linewidth=0.6, zorder=0)
     ax_pts.axvline(0, color="0.7", linewidth=0.6, zorder=0)
-    for who, color in (("chosen Δlog π_w", style.CHOSEN), ("rejected Δlog π_l", style.REJECTED)):
-        ax_pts.scatter([], [], marker="o", facecolor="none", edgecolor=color, label=who)
-    for shape, marker in MARKERS.items():
-        ax_pts.scatter([], [], marker=marker, facecolor="none", edgecolor="0.3", label=shape)
-    ax_pts.legend(loc="upper left", handletextpad=0.3)
+    ax_pts.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, handletextpad=0.3)
     ax_pts.set_xlabel("predicted change, first order [nats]")
     ax_pts.set_ylabel("actual change after one step [nats]")
     ax_pts.xaxis.set_major_locator(MaxNLocator(5))
@@ -92,8 +90,8 @@ def plot(results: dict, cfg: Config):
     grid = np.geomspace(lrs_all.min(), lrs_all.max(), 20)
     ax_err.loglog(grid, anchor * grid ** 2, color="0.6", linewidth=0.8, linestyle="-.",
                   label="reference slope 2 (O(η²))")
-    ax_err.legend(loc="upper left")
-    ax_err.set_xlabel("step size η (update θ + η·u, u = d_w g_w − d_l g_l)")
+    ax_err.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    ax_err.set_xlabel("step size η  (θ ← θ + η u)")
     ax_err.set_ylabel("mean |actual − predicted| [nats]")
     style.panel_title(ax_err, "b", "first-order error against η")
     style.suptitle(fig, f"First-order check: one {cfg.objective.upper()} gradient step per pair "

@@ -73,11 +73,12 @@ def load(path: str | Path) -> ModuleType:
     return module
 
 
-def run_figure(module: ModuleType, ctx: FigureContext) -> FigureOutput:
-    """Compute (or reuse) one figure script's run, then write its PNG, PDF and CSV."""
+def run_figure(module: ModuleType, ctx: FigureContext, config=None) -> FigureOutput:
+    """Compute (or reuse) one figure script's run, then write its PNG, PDF and CSV; ``config``
+    replaces the script's own ``config(ctx.quick)``."""
     start = time.perf_counter()
     stem = Path(module.__file__).stem
-    config = module.config(ctx.quick)
+    config = module.config(ctx.quick) if config is None else config
     results = ctx.cached(stem, config, lambda run_dir: module.compute(config, ctx, run_dir))
     fig, rows = module.plot(results, config)
     paths = [*style.save(fig, ctx.out_dir, stem), write_csv(Path(ctx.out_dir) / f"{stem}.csv", rows)]

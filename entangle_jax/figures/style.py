@@ -76,7 +76,7 @@ def panel_title(ax, letter: str, text: str, **kwargs) -> None:
     ax.set_title(f"({letter}) {text}", loc="left", **kwargs)
 
 
-def suptitle(fig, text: str, width: int = 100) -> None:
+def suptitle(fig, text: str, width: int = 90) -> None:
     """The figure's title, each line wrapped to ``width`` characters (fits ``PAGE_WIDTH``)."""
     lines = [wrapped for line in text.splitlines()
              for wrapped in (textwrap.wrap(line, width) or [""])]
