@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 verify: $(STAMP)
 	$(BIN)/entangle measure
 
+figures: $(STAMP)
+	$(BIN)/entangle figures
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
