@@ -14,6 +14,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--only", help="comma-separated figures to run: numbers (1,3), fig3 or "
                                        "full names (default: all)")
     parser.add_argument("--list", action="store_true", help="list the figures and exit")
+    parser.add_argument("--gallery", metavar="DIR",
+                        help="also write small copies of the PNGs into DIR (docs/gallery)")
     add_context_options(parser)
     parser.set_defaults(run=run)
 
@@ -25,7 +27,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from entangle_jax.figures.context import context_from_args
-    from entangle_jax.figures.runner import discover, load, run_figure, select
+    from entangle_jax.figures.runner import discover, gallery_copy, load, run_figure, select
     from entangle_jax.io import atomic_write_json
 
     scripts = select(discover(), args.only)
@@ -43,6 +45,8 @@ def run(args) -> int:
         output = run_figure(load(path), ctx)
         summary[stem] = {"seconds": round(output.seconds, 2),
                          "files": [str(p) for p in output.paths]}
+        if args.gallery:
+            summary[stem]["gallery"] = str(gallery_copy(output.paths[0], args.gallery))
         tqdm.write(f"{stem:28s} {output.seconds:7.1f} s  → {Path(output.paths[0]).with_suffix('')}"
                    ".{png,pdf,csv}")
     total = time.perf_counter() - start

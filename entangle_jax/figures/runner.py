@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import re
 import sys
 import time
@@ -26,6 +27,7 @@ from entangle_jax.config import ConfigError
 from entangle_jax.figures import style
 from entangle_jax.figures.context import FigureContext, add_context_options, context_from_args
 from entangle_jax.figures.tables import write_csv
+from entangle_jax.io import atomic_write_bytes
 
 #: The repository's ``figures/`` folder (the scripts are not installed with the package).
 SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "figures"
@@ -83,6 +85,19 @@ def run_figure(module: ModuleType, ctx: FigureContext, config=None) -> FigureOut
     fig, rows = module.plot(results, config)
     paths = [*style.save(fig, ctx.out_dir, stem), write_csv(Path(ctx.out_dir) / f"{stem}.csv", rows)]
     return FigureOutput(stem, tuple(paths), time.perf_counter() - start)
+
+
+def gallery_copy(png: str | Path, directory: str | Path, width: int = 1000) -> Path:
+    """A smaller copy of a figure's PNG (``width`` pixels, palette-quantized) for the README."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        image = image.convert("RGB")
+        height = round(image.height * width / image.width)
+        small = image.resize((width, height), Image.LANCZOS).quantize(colors=256)
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG", optimize=True)
+    return atomic_write_bytes(Path(directory) / Path(png).name, buffer.getvalue())
 
 
 def script_main(path: str | Path, argv: list[str] | None = None) -> int:
