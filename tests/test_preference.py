@@ -61,6 +61,9 @@ def test_probe_matches_independent_measurements(dpo_run, tiny_ckpt):
         float(np.sqrt(geo.sq_norm_w).mean()), rel=1e-4)
     assert probe0["probe/logps/chosen"] == pytest.approx(float(geo.logp_w.mean()), rel=1e-5)
     assert sum(probe0[f"probe/case_{k}"] for k in range(1, 5)) == pytest.approx(1.0)
+    # the policy is its own reference: DPO's d = β σ(0) = 0.05 for every pair
+    assert probe0["probe/d_w"] == probe0["probe/d_l"] == pytest.approx(0.05)
+    assert probe0["probe/frac_d_nonpositive"] == 0.0
 
 
 def test_sgd_step_is_the_gradient_of_the_mean_loss(tiny_ckpt):

@@ -12,8 +12,10 @@ Logged per step, with TRL's metric names: ``loss``, ``logps/chosen``, ``logps/re
 ``grad_norm`` and the mean weights ``weights/d_w``, ``weights/d_l``. Every ``probe_every`` steps
 (and before the first and after the last) on a fixed probe set from the eval split: the mean
 ``probe/grad_inner`` ⟨g_w, g_l⟩, ``probe/grad_norm_chosen``, ``probe/grad_norm_rejected``,
-``probe/grad_cosine``, ``probe/logps/*`` and the fractions ``probe/case_1..4`` of the first-order
-cases of the method's own per-pair update. Each record is one JSON line, written and flushed as it
+``probe/grad_cosine``, ``probe/logps/*``, the fractions ``probe/case_1..4`` of the first-order
+cases of the method's own per-pair update, the mean weights ``probe/d_w``, ``probe/d_l`` and
+``probe/frac_d_nonpositive`` (pairs with d_w ≤ 0 or d_l ≤ 0, where case 4 is not excluded: IPO and
+SPPO past their targets). Each record is one JSON line, written and flushed as it
 is produced.
 """
 
@@ -177,7 +179,7 @@ def _train_step(params, opt_state, extra, batch, ref_params, *, graphdef, method
 @partial(jax.jit, static_argnames=("graphdef", "method"))
 def _probe_coefficients(params, extra, probe, ref_tok_w, ref_tok_l, *, graphdef, method):
     c_w, c_l, out = method.coefficients(graphdef, params, extra, probe, ref_tok_w, ref_tok_l)
-    return c_w, c_l, out["logp_w"], out["logp_l"]
+    return c_w, c_l, out
 
 
 def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
@@ -198,11 +200,15 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
                   learning_rate=config.learning_rate)
 
     def run_probe(step, params, extra) -> dict:
-        c_w, c_l, logp_w, logp_l = _probe_coefficients(params, extra, probe, *ref_probe,
-                                                       graphdef=graphdef, method=method)
+        c_w, c_l, out = _probe_coefficients(params, extra, probe, *ref_probe,
+                                            graphdef=graphdef, method=method)
+        d_w, d_l = np.asarray(out["d_w"]), np.asarray(out["d_l"])
         check = step_check(graphdef, params, probe, np.asarray(c_w), np.asarray(c_l))
         record = {"kind": "probe", "step": step,
-                  "probe/logps/chosen": _mean(logp_w), "probe/logps/rejected": _mean(logp_l),
+                  "probe/logps/chosen": _mean(out["logp_w"]),
+                  "probe/logps/rejected": _mean(out["logp_l"]),
+                  "probe/d_w": _mean(d_w), "probe/d_l": _mean(d_l),
+                  "probe/frac_d_nonpositive": _mean((d_w <= 0) | (d_l <= 0)),
                   "probe/grad_inner": _mean(check.inner),
                   "probe/grad_norm_chosen": _mean(np.sqrt(check.sq_norm_w)),
                   "probe/grad_norm_rejected": _mean(np.sqrt(check.sq_norm_l)),
