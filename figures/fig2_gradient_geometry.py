@@ -90,10 +90,11 @@ def plot(results: dict, cfg: Config):
         ax.set_xticks(range(s.max_suffix + 1))
         ax.set_xlabel("suffix length L [tokens]")
         ax.set_ylabel(label)
-        style.panel_title(ax, "abcd"[k], label.split(" [")[0] + " against L")
+        style.panel_title(ax, "abcd"[k], label.split(" [")[0] + " against L"
+                          + (" (symmetric log axis)" if q == "inner" else ""))
     style.suptitle(fig, f"Gradient geometry of chosen/rejected pairs vs suffix length, per training "
-                 f"regime\n(mean over {s.n_pairs} eval pairs per seed; band: 95% interval over "
-                 f"{len(s.seeds)} seeds; ⟨g_w,g_l⟩ on a symmetric log scale)")
+                 f"regime\n(mean over {s.n_pairs} eval pairs per seed; band: 95% t-interval over "
+                 f"{len(s.seeds)} seeds)")
     style.legend_below(fig, ncol=len(s.regimes))
     return fig, rows
 

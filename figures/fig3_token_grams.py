@@ -70,15 +70,11 @@ def cell_text(value: float) -> str:
 
 def symlog_norm(matrix: np.ndarray) -> tuple[SymLogNorm, list[float]]:
     """A colour scale symmetric about 0 (white) that shows small and large entries, and its
-    colourbar ticks: 0 and whole decades above the linear range."""
+    colourbar ticks."""
     vmax = float(np.abs(matrix).max())
-    nonzero = np.abs(matrix[matrix != 0])
-    linthresh = max(float(np.quantile(nonzero, 0.1)) if nonzero.size else 1.0, 1e-12)
-    decades = [10.0 ** k for k in range(int(np.ceil(np.log10(10 * linthresh))),
-                                        int(np.floor(np.log10(vmax))) + 1)]
-    decades = decades[::max(1, len(decades) // 3)]
+    linthresh = style.symlog_linthresh(matrix[matrix != 0])
     return (SymLogNorm(linthresh=linthresh, vmin=-vmax, vmax=vmax),
-            [-d for d in reversed(decades)] + [0.0] + decades)
+            style.symlog_ticks(linthresh, vmax))
 
 
 def token_labels(tokens: list[str]) -> list[str]:
@@ -114,6 +110,7 @@ def plot(results: dict, cfg: Config):
         bar = fig.colorbar(image, ax=ax, shrink=0.85, ticks=ticks)
         bar.set_label("[nat²] (symlog scale)")
         bar.ax.set_yticklabels([f"{t:g}" for t in ticks])
+        bar.ax.minorticks_off()
     style.suptitle(fig, f"Token-wise gradient Grams of a long-suffix pair (L = "
                         f"{results['suffix_length']}), {sources.regime_label(cfg.regime)} model, "
                         f"seed {cfg.seed}\nprompt “{results['prompt']}”")

@@ -97,7 +97,14 @@ def _shade_cases(ax, limit: float) -> None:
 
 def plot(results: dict, cfg: Config):
     fig, axes = style.figure(1, len(cfg.runs), height=3.0, sharey=True)
-    colors = {step: c for step, c in zip(cfg.snapshots, ("#BBBBBB", "#7F3C8D", "#000000"))}
+    # the start as open circles drawn on top (the pairs barely move at first), the end in black,
+    # steps in between in purple
+    last = len(cfg.snapshots) - 1
+    looks = {step: {"facecolor": "none", "edgecolor": style.SERIES[1], "linewidth": 0.9,
+                    "zorder": 4} if i == 0 else
+             {"color": "#000000" if i == last else "#7F3C8D", "edgecolor": "white",
+              "linewidth": 0.3, "zorder": 3}
+             for i, step in enumerate(cfg.snapshots)}
     rows = results["points"]
     limit = axis_limit(rows)
     ticks = [-limit, -np.sqrt(limit), -1, 0, 1, np.sqrt(limit), limit] if limit > 10 else \
@@ -114,8 +121,7 @@ def plot(results: dict, cfg: Config):
             at = [r for r in mine if r["step"] == step]
             cases = np.array([r["case"] for r in at])
             fractions = "/".join(f"{100 * np.mean(cases == c):.0f}" for c in (1, 2, 3))
-            ax.scatter([r["x"] for r in at], [r["y"] for r in at], s=10, color=colors[step],
-                       edgecolor="white", linewidth=0.3, zorder=3,
+            ax.scatter([r["x"] for r in at], [r["y"] for r in at], s=12, **looks[step],
                        label=f"step {step}: cases 1/2/3 = {fractions}%")
         for axis in ("x", "y"):
             getattr(ax, f"set_{axis}scale")("symlog", linthresh=1.0)

@@ -4,10 +4,10 @@ latter learns.
 
 All three runs start from the same model and see the same batches (same seed and optimizer). The
 curves are the change of each log-prob since the SFT model on the training batches (log metrics
-``rewards/*`` / β) with the fixed probe set's means as markers. The mask panel shows the learned
-weight of each response position (the final probe record's ``mask/weights``) and, from
-``mitigations.mask_report`` on the probe pairs, what the mask does to ⟨g_w, g_l⟩ = Σ_ij M[i, j]:
-masked, it is ``mᵀ M m``.
+``rewards/*`` / β) with the fixed probe set's means as markers. The mask panel shows the weight of
+each response position during training (the probe records' ``mask/weights``) and, from
+``mitigations.mask_report`` on the probe pairs after training, what the mask does to
+⟨g_w, g_l⟩ = Σ_ij M[i, j]: masked, it is ``mᵀ M m``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from entangle_jax.mitigations import mask_report
 from entangle_jax.train.preference import PreferenceConfig, preference_pairs
 from entangle_jax.verify.regimes import VerifySettings
 
-LABELS = {"none": "DPO", "normalized": "DPO, pairwise-normalized gradient",
-          "token_mask": "DPO, sparse token mask"}
+LABELS = {"none": "DPO", "normalized": "pairwise-normalized", "token_mask": "sparse token mask"}
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ def curves(results: dict, cfg: Config) -> list[dict]:
 
 def plot(results: dict, cfg: Config):
     rows = curves(results, cfg)
-    fig, axes = style.figure(1, len(cfg.runs) + 1, height=3.1)
+    fig, axes = style.figure(1, len(cfg.runs) + 1, height=3.2)
     shared = axes[0, 0]
     for k, run in enumerate(cfg.runs):
         ax = axes[0, k]
@@ -97,39 +96,44 @@ def plot(results: dict, cfg: Config):
         ax.axhline(0, color="0.6", linewidth=0.6)
         ax.xaxis.set_major_locator(MaxNLocator(4, integer=True))
         ax.set_xlabel("training step")
-        style.panel_title(ax, "abcd"[k], LABELS[run.mitigation].replace("DPO, ", "DPO,\n"),
-                          fontsize=7.5)
+        style.panel_title(ax, "abcd"[k], LABELS[run.mitigation])
         if k == 0:
             ax.set_ylabel("change of log-prob since SFT [nats]")
     ax = axes[0, -1]
-    report, tokens = results["runs"]["mask_report"], results["runs"]["mask_tokens"]
-    mask = np.asarray(report["mask"])
-    tokens = ["Pos./Neg.", *(f"“{t}”" if not t.isalnum() else t for t in tokens[1:])]
-    ax.bar(range(len(mask)), mask, color=["0.15"] + ["0.6"] * (len(mask) - 1))
-    ax.set_xticks(range(len(mask)), tokens, rotation=60, ha="right", rotation_mode="anchor",
-                  fontsize=6.5)
-    ax.set_ylim(0, 1.8)  # room above the bars (m ≤ 1) for the numbers
+    report, words = results["runs"]["mask_report"], results["runs"]["mask_tokens"]
+    mask_run = next(run for run in cfg.runs if run.mitigation == "token_mask")
+    probes = sources.probe_records(results["runs"]["token_mask"]["records"])
+    steps = [r["step"] for r in probes]
+    for i, word in enumerate(words):
+        weights = [r["mask/weights"][i] for r in probes]
+        if i == 0:
+            ax.plot(steps, weights, color="0.1", linewidth=2.2, zorder=2,
+                    label="sentiment token")
+        else:  # the shared suffix, one thin dashed line per position, over the sentiment's
+            ax.plot(steps, weights, color=style.SERIES[1], linewidth=0.8, linestyle="--", zorder=3,
+                    label=f"suffix tokens ({len(words) - 1})" if i == 1 else None)
+        rows += [{"method": "token_mask", "source": "mask weight", "step": step, "position": i,
+                  "token": word, "mask_weight": w} for step, w in zip(steps, weights)]
+    ax.set_ylim(-0.03, 1.9)  # room above the weights (m ≤ 1) for the numbers
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
-    ax.set_xlabel("response position")
-    ax.set_ylabel("learned mask weight m_i")
-    ax.grid(axis="x", visible=False)
-    style.panel_title(ax, "d", f"learned mask\nsentiment share "
-                      f"{report['sentiment_share']:.2f}", fontsize=7.5)
-    ax.text(0.98, 0.97, f"⟨g_w,g_l⟩: {report['inner']:.3g}\nmasked mᵀMm: "
-            f"{report['masked_inner']:.3g}\ncos: {report['cosine']:.2f} → "
-            f"{report['masked_cosine']:.2f}", transform=ax.transAxes, ha="right", va="top",
-            fontsize=6.5)
-    rows += [{"method": "token_mask", "source": "learned mask", "position": i, "token": t,
-              "mask_weight": float(m)} for i, (t, m) in enumerate(zip(results["runs"][
-                  "mask_tokens"], mask))]
+    ax.xaxis.set_major_locator(MaxNLocator(4, integer=True))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("token mask weight m_i")
+    ax.legend(loc="upper left", fontsize=6)
+    masked_cos = report["masked_cosine"]
+    style.panel_title(ax, "d", f"mask, λ = {mask_run.mask_l1:g}")
+    ax.text(0.97, 0.56, f"end: sentiment share {report['sentiment_share']:.2f}\n"
+            f"⟨g_w,g_l⟩ {report['inner']:.3g} → mᵀMm {report['masked_inner']:.3g}\n"
+            f"cos {report['cosine']:.2f} → "
+            + ("undefined (m = 0)" if not np.isfinite(masked_cos) else f"{masked_cos:.2f}"),
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=6)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     style.legend_below(fig, handles, labels, ncol=2)
     run = cfg.runs[0]
     style.suptitle(fig, f"Mitigations against DPO on long-suffix pairs (L = {run.suffix_length}), "
                         f"same {sources.regime_label(cfg.regime)} model (seed {cfg.seed}) and "
                         f"batches: {run.optimizer.capitalize()}, lr {run.learning_rate:g}, batch "
-                        f"{run.batch_size}; mask: λ = {cfg.runs[-1].mask_l1:g}, measured on "
-                        f"{run.probe_size} probe pairs after training")
+                        f"{run.batch_size}; markers: {run.probe_size} probe pairs")
     return fig, rows
 
 

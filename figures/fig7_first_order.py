@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from entangle_jax.data.sentiment import SHAPES
 from entangle_jax.dynamics import one_step_report
@@ -91,6 +91,10 @@ def plot(results: dict, cfg: Config):
     ax_err.loglog(grid, anchor * grid ** 2, color="0.6", linewidth=0.8, linestyle="-.",
                   label="reference slope 2 (O(η²))")
     ax_err.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    # η spans one or two decades: label 1, 2 and 5 times each power of ten
+    ax_err.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax_err.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}".replace("e-0", "e-")))
+    ax_err.xaxis.set_minor_formatter(NullFormatter())
     ax_err.set_xlabel("step size η  (θ ← θ + η u)")
     ax_err.set_ylabel("mean |actual − predicted| [nats]")
     style.panel_title(ax_err, "b", "first-order error against η")

@@ -200,10 +200,13 @@ def test_fig6_curves_and_mask_are_the_logs(figures):
         assert [r["change_rejected"] for r in mine] == pytest.approx(
             [r["rewards/rejected"] / run.make_objective().beta for r in train], rel=1e-12)
         if run.mitigation == "token_mask":
-            final = [r for r in log if r["kind"] == "probe"][-1]["mask/weights"]
-            mask = [r["mask_weight"] for r in rows if r["source"] == "learned mask"]
-            assert mask == pytest.approx(final[:run.suffix_length + 1], rel=1e-6)
-            assert all(0.0 <= m <= 1.0 for m in mask)
+            probes = [r for r in log if r["kind"] == "probe"]
+            for probe in probes:
+                mask = [r["mask_weight"] for r in rows
+                        if r["source"] == "mask weight" and r["step"] == probe["step"]]
+                assert mask == pytest.approx(probe["mask/weights"][:run.suffix_length + 1],
+                                             rel=1e-6)
+                assert all(0.0 <= m <= 1.0 for m in mask)
 
 
 def test_fig7_predictions_are_the_closed_form_and_the_slope_is_the_fit(figures):

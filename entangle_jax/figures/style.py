@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display, the same output on every machine
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from entangle_jax.io import atomic_write_bytes  # noqa: E402
@@ -83,13 +84,30 @@ def suptitle(fig, text: str, width: int = 90) -> None:
     fig.suptitle("\n".join(lines))
 
 
+def symlog_linthresh(values) -> float:
+    """The linear range of a symmetric log scale for ``values`` (signed numbers spanning several
+    decades, such as ⟨g_w, g_l⟩ across regimes): their 5% quantile in magnitude."""
+    magnitudes = np.abs(np.asarray(values, float))
+    magnitudes = magnitudes[np.isfinite(magnitudes) & (magnitudes > 0)]
+    return max(float(np.quantile(magnitudes, 0.05)) if magnitudes.size else 1.0, 1e-12)
+
+
+def symlog_ticks(linthresh: float, vmax: float, per_side: int = 3, gap: float = 10.0) -> list[float]:
+    """0 and whole decades from ``gap``·linthresh up to ``vmax`` on each side (at most
+    ``per_side`` per side), so that no two labels crowd each other near the linear range."""
+    decades = [10.0 ** k for k in range(int(np.ceil(np.log10(gap * linthresh))),
+                                        int(np.floor(np.log10(max(vmax, linthresh)))) + 1)]
+    decades = decades[::-1][::max(1, -(-len(decades) // per_side))][::-1]
+    return [-d for d in reversed(decades)] + [0.0] + decades
+
+
 def symlog_axis(ax, values, axis: str = "y") -> None:
-    """A symmetric log scale whose linear range is set by the data (signed values that span
-    several decades, such as ⟨g_w, g_l⟩ across regimes)."""
-    finite = np.abs(np.asarray(values, float))
-    finite = finite[np.isfinite(finite) & (finite > 0)]
-    linthresh = float(np.quantile(finite, 0.05)) if finite.size else 1.0
-    getattr(ax, f"set_{axis}scale")("symlog", linthresh=max(linthresh, 1e-12))
+    """A symmetric log scale fitted to ``values``, with ``symlog_ticks``."""
+    linthresh = symlog_linthresh(values)
+    getattr(ax, f"set_{axis}scale")("symlog", linthresh=linthresh)
+    ticks = symlog_ticks(linthresh, float(np.nanmax(np.abs(values))), per_side=4, gap=1.0)
+    getattr(ax, f"set_{axis}ticks")(ticks, [f"{t:g}" for t in ticks])
+    getattr(ax, f"{axis}axis").set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def save(fig, out_dir: str | Path, stem: str) -> list[Path]:
