@@ -42,7 +42,6 @@ REGIMES: tuple[Regime, ...] = (
            SFTConfig(pretrain_steps=300, steps=50)),
 )
 
-REGIME_NAMES = tuple(r.name for r in REGIMES)
 
 
 @dataclass(frozen=True)
