@@ -73,7 +73,7 @@ def plot(results: dict, cfg: Config):
     rows = curves(results, cfg)
     ncols = 5
     nrows = -(-len(cfg.runs) // ncols)
-    fig, axes = style.figure(nrows, ncols, height=1.95, sharex=True, sharey=True)
+    fig, axes = style.figure(nrows, ncols, height=2.1, sharex=True, sharey=True)
     for k, (ax, run) in enumerate(zip(axes.flat, cfg.runs)):
         mine = [r for r in rows if r["objective"] == run.objective]
         steps = [r["step"] for r in mine]
@@ -85,7 +85,7 @@ def plot(results: dict, cfg: Config):
         first, last = mine[0], mine[-1]
         name = DISPLAY.get(run.objective, run.objective)
         ax.set_title(f"({'abcdefghijklmnop'[k]}) {name}\nd_w/d_l: "
-                     f"{first['d_w'] / first['d_l']:.2f} → {last['d_w'] / last['d_l']:.2f}",
+                     f"{first['d_w'] / first['d_l']:.3g} → {last['d_w'] / last['d_l']:.3g}",
                      loc="left", fontsize=7.5)
         ax.xaxis.set_major_locator(MaxNLocator(4, integer=True))
         if k % ncols == 0:
@@ -96,11 +96,10 @@ def plot(results: dict, cfg: Config):
         ax.set_visible(False)
     style.legend_below(fig, ncol=2)
     run = cfg.runs[0]
-    style.suptitle(fig, f"The loss zoo on long-suffix pairs (L = {run.suffix_length}) from the "
-                        f"same {sources.regime_label(cfg.regime)} model (seed {cfg.seed}): "
-                        f"{run.optimizer.capitalize()}, lr {run.learning_rate:g}, batch "
-                        f"{run.batch_size}, each objective at its paper's default "
-                        "hyperparameters; curves are training-batch means")
+    style.suptitle(fig, f"The loss zoo on long-suffix pairs (L = {run.suffix_length}), same "
+                        f"{sources.regime_label(cfg.regime)} model (seed {cfg.seed}) and batches:"
+                        f" {run.optimizer.capitalize()}, lr {run.learning_rate:g}, batch "
+                        f"{run.batch_size}, paper-default hyperparameters; training-batch means")
     return fig, rows
 
 
