@@ -92,9 +92,9 @@ def plot(results: dict, cfg: Config):
         ax.set_ylabel(label)
         style.panel_title(ax, "abcd"[k], label.split(" [")[0] + " against L"
                           + (" (symmetric log axis)" if q == "inner" else ""))
-    style.suptitle(fig, f"Gradient geometry of chosen/rejected pairs vs suffix length, per training "
-                 f"regime\n(mean over {s.n_pairs} eval pairs per seed; band: 95% t-interval over "
-                 f"{len(s.seeds)} seeds)")
+    style.suptitle(fig, "Gradient geometry of chosen/rejected pairs vs suffix length, per "
+                        f"training regime\n(mean over {s.n_pairs} eval pairs per seed; band: "
+                        f"95% t-interval over {len(s.seeds)} seeds)")
     style.legend_below(fig, ncol=len(s.regimes))
     return fig, rows
 

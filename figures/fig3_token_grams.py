@@ -1,8 +1,8 @@
 """Figure 3: the token-wise Gram matrices of a long-suffix pair.
 
-``M[i, j] = ⟨g_w^i, g_l^j⟩`` pairs chosen token i with rejected token j (Σ_ij M = ⟨g_w, g_l⟩); the
-within-response Grams ``⟨g_w^i, g_w^j⟩`` and ``⟨g_l^i, g_l^j⟩`` sit beside it, and the mean of M over
-all the seed's eval pairs shows that the example is typical. Position 0 is the sentiment token, the
+``M[i, j] = ⟨g_w^i, g_l^j⟩`` pairs chosen token i with rejected token j (Σ_ij M = ⟨g_w, g_l⟩);
+the within-response Grams ``⟨g_w^i, g_w^j⟩`` and ``⟨g_l^i, g_l^j⟩`` sit beside it, and the mean of
+M over all the seed's eval pairs shows that the example is typical. Position 0 is the sentiment token, the
 others the shared suffix. Measured as ``entangle verify`` measures it (``ModelContext.grams``).
 """
 

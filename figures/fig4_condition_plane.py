@@ -1,8 +1,8 @@
 """Figure 4: the gradient-condition plane, and how the pairs move on it during DPO training.
 
 For one pair and one gradient step on its DPO loss (DESIGN.md §1.2), log π_w falls iff
-``⟨g_w, g_l⟩ > (d_w/d_l)‖g_w‖²`` and log π_l rises iff ``⟨g_w, g_l⟩ > (d_l/d_w)‖g_l‖²``. Each eval pair
-is a point at the two normalized ratios
+``⟨g_w, g_l⟩ > (d_w/d_l)‖g_w‖²`` and log π_l rises iff ``⟨g_w, g_l⟩ > (d_l/d_w)‖g_l‖²``. Each eval
+pair is a point at the two normalized ratios
 
     x = ⟨g_w, g_l⟩ / ((d_w/d_l)‖g_w‖²),      y = ⟨g_w, g_l⟩ / ((d_l/d_w)‖g_l‖²),
 
@@ -102,7 +102,7 @@ def plot(results: dict, cfg: Config):
     last = len(cfg.snapshots) - 1
     looks = {step: {"facecolor": "none", "edgecolor": style.SERIES[1], "linewidth": 0.9,
                     "zorder": 4} if i == 0 else
-             {"color": "#000000" if i == last else "#7F3C8D", "edgecolor": "white",
+             {"color": "#000000" if i == last else style.SERIES[6], "edgecolor": "white",
               "linewidth": 0.3, "zorder": 3}
              for i, step in enumerate(cfg.snapshots)}
     rows = results["points"]

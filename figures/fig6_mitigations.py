@@ -1,6 +1,6 @@
-"""Figure 6: the paper's mitigations against plain DPO on long-suffix pairs — the pairwise-normalized
-update ``d_w g_w/‖g_w‖ − d_l g_l/‖g_l‖`` and the sparsity-regularized token mask — and the mask the
-latter learns.
+"""Figure 6: the paper's mitigations against plain DPO on long-suffix pairs — the
+pairwise-normalized update ``d_w g_w/‖g_w‖ − d_l g_l/‖g_l‖`` and the sparsity-regularized token
+mask — and the mask the latter learns.
 
 All three runs start from the same model and see the same batches (same seed and optimizer). The
 curves are the change of each log-prob since the SFT model on the training batches (log metrics

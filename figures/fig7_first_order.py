@@ -68,7 +68,8 @@ def plot(results: dict, cfg: Config):
         lrs, errors = np.asarray(one["lrs"]), np.asarray(one["mean_error"])
         ax_err.loglog(lrs, errors, marker=MARKERS[shape], color="0.2",
                       linestyle=style.SHAPE_LINESTYLE[shape],
-                      label=f"{shape} (L={result['suffix_length']}): slope {one['error_order']:.2f}")
+                      label=f"{shape} (L={result['suffix_length']}): "
+                            f"slope {one['error_order']:.2f}")
         rows += [{"kind": "error", "shape": shape, "lr": float(lr), "mean_error": float(e),
                   "fitted_slope": one["error_order"]} for lr, e in zip(lrs, errors)]
     lim *= 1.1

@@ -83,7 +83,8 @@ def run_figure(module: ModuleType, ctx: FigureContext, config=None) -> FigureOut
     config = module.config(ctx.quick) if config is None else config
     results = ctx.cached(stem, config, lambda run_dir: module.compute(config, ctx, run_dir))
     fig, rows = module.plot(results, config)
-    paths = [*style.save(fig, ctx.out_dir, stem), write_csv(Path(ctx.out_dir) / f"{stem}.csv", rows)]
+    csv = write_csv(Path(ctx.out_dir) / f"{stem}.csv", rows)
+    paths = [*style.save(fig, ctx.out_dir, stem), csv]
     return FigureOutput(stem, tuple(paths), time.perf_counter() - start)
 
 

@@ -25,9 +25,9 @@ from entangle_jax.io import atomic_write_bytes  # noqa: E402
 CHOSEN = "#0072B2"  # blue
 REJECTED = "#D55E00"  # vermillion
 MARGIN = "#000000"
-#: Colours for a categorical series (regimes, objectives, methods), in order; chosen/rejected excluded.
-SERIES = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#CC79A7", "#0072B2", "#D55E00", "#999999",
-          "#F0E442", "#7F3C8D", "#11A579")
+#: Colours for a categorical series (regimes, objectives, …), in order; never CHOSEN or REJECTED.
+SERIES = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#CC79A7", "#999999", "#7F3C8D", "#11A579",
+          "#F0E442")
 #: Background of the gradient-condition cases (1: w↑ l↓, 2: both ↓, 3: both ↑).
 CASE_FILL = {1: "#DCEFE4", 2: "#F6DCD0", 3: "#DCE6F3"}
 #: Line style of the response shapes.
@@ -92,7 +92,8 @@ def symlog_linthresh(values) -> float:
     return max(float(np.quantile(magnitudes, 0.05)) if magnitudes.size else 1.0, 1e-12)
 
 
-def symlog_ticks(linthresh: float, vmax: float, per_side: int = 3, gap: float = 10.0) -> list[float]:
+def symlog_ticks(linthresh: float, vmax: float, per_side: int = 3,
+                 gap: float = 10.0) -> list[float]:
     """0 and whole decades from ``gap``·linthresh up to ``vmax`` on each side (at most
     ``per_side`` per side), so that no two labels crowd each other near the linear range."""
     decades = [10.0 ** k for k in range(int(np.ceil(np.log10(gap * linthresh))),
