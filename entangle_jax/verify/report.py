@@ -59,7 +59,10 @@ def build_report(settings, claims: Sequence, rows: dict[str, list[dict]], timing
 
 
 def _cell(row: dict, headline: bool) -> str:
-    value = "—" if row["value"] is None else f"{row['value']:.2f}"
+    """``VERDICT value``: the headline statistic, or under FAILS the check that failed."""
+    failed = [c for c in row.get("checks", ()) if c.get("passed") is False]
+    shown = failed[0]["value"] if row["verdict"] == "FAILS" and failed else row["value"]
+    value = "—" if shown is None else f"{shown:.2f}"
     return f"{'*' if headline else ''}{_SHORT[row['verdict']]} {value}"
 
 
@@ -73,7 +76,7 @@ def format_table(report: dict) -> str:
     lines = ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines) + "\n(* = the claim's own regime: its headline verdict; n/a = " \
-        "NOT_APPLICABLE, the hypothesis is not met)"
+        "NOT_APPLICABLE, the hypothesis is not met; under FAILS the value is the failing check's)"
 
 
 def _fmt(x) -> str:
