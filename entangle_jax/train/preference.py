@@ -59,8 +59,8 @@ class PreferenceConfig:
     hparams: Any = ()
     mitigation: str = "none"
     balanced: bool = False
-    mask_l1: float = 0.05
-    mask_learning_rate: float = 1.0
+    mask_l1: float = TokenMask.l1
+    mask_learning_rate: float = TokenMask.mask_learning_rate
     optimizer: str = "adam"
     learning_rate: float = 1e-4
     steps: int = 100
