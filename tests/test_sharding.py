@@ -14,14 +14,15 @@ from entangle_jax.sharding import batch_mesh, padded_size, shard_batch
 
 CHILD = textwrap.dedent("""
     import json
-    import jax, jax.numpy as jnp, numpy as np, optax
+    import jax, numpy as np
     from flax import nnx
     from entangle_jax.config import DataConfig, ModelConfig
     from entangle_jax.data import make_sentiment_data, response_window, sentiment_pairs
     from entangle_jax.gradients import pair_geometry, sequence_gram, token_grams
-    from entangle_jax.logprob import batch_sequence_logprobs
     from entangle_jax.model import init_model
-    from entangle_jax.sharding import batch_mesh, replicate, shard_batch
+    from entangle_jax.config import SFTConfig
+    from entangle_jax.sharding import batch_mesh, shard_batch
+    from entangle_jax.train import PreferenceConfig, train_preference, train_sft
 
     assert len(jax.devices()) == 4, jax.devices()
     mesh = batch_mesh()
@@ -43,21 +44,18 @@ CHILD = textwrap.dedent("""
     many = sequence_gram(graphdef, params, pairs, chunk_size=8, implementation="auto", mesh=mesh)
     gaps["sequence_gram/auto"] = rel(one, many)
 
-    tx = optax.sgd(0.1)
-
-    @jax.jit
-    def step(params, batch):  # one DPO-style step from the margin of the sequence log-probs
-        def loss(p):
-            margin = (batch_sequence_logprobs(graphdef, p, batch.chosen)
-                      - batch_sequence_logprobs(graphdef, p, batch.rejected))
-            return -jax.nn.log_sigmoid(margin).mean()
-        updates, _ = tx.update(jax.grad(loss)(params), tx.init(params), params)
-        return optax.apply_updates(params, updates)
-
+    # The real preference loop (DPO, SGD, 2 steps of 4 pairs), sharded against one device.
+    ckpt = train_sft(cfg, data, SFTConfig(steps=3, batch_size=8), progress=False)
+    config = PreferenceConfig(objective="dpo", optimizer="sgd", learning_rate=0.1, steps=2,
+                              batch_size=4, suffix_length=3, probe_every=0, probe_size=4)
+    one = train_preference(ckpt, config, progress=False)
+    many = train_preference(ckpt, config, progress=False, mesh=mesh)
+    gaps["train_step"] = max(rel(a, b) for a, b in zip(jax.tree.leaves(one.params),
+                                                        jax.tree.leaves(many.params)))
+    gaps["train_log"] = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-6)
+                            for a, b in zip(one.records, many.records) if a["kind"] == "train"
+                            for k in ("loss", "logps/chosen", "logps/rejected"))
     batch = pairs[np.arange(4)]
-    one = step(params, batch)
-    many = step(replicate(params, mesh), shard_batch(batch, mesh))
-    gaps["train_step"] = max(rel(a, b) for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many)))
     sharded = shard_batch(batch, mesh).chosen.tokens.sharding
     gaps["devices_used"] = len(sharded.device_set)
     print(json.dumps(gaps))

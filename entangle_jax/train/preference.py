@@ -45,6 +45,7 @@ from entangle_jax.dynamics import (OPTIMIZERS, case_fractions, coefficient_updat
 from entangle_jax.guards import check_finite, finite_flags
 from entangle_jax.mitigations import MITIGATIONS, TokenMask, make_method, pair_lengths
 from entangle_jax.objectives import get_objective
+from entangle_jax.sharding import replicate, shard_batch
 
 
 @dataclass(frozen=True)
@@ -183,10 +184,13 @@ def _probe_coefficients(params, extra, probe, ref_tok_w, ref_tok_l, *, graphdef,
 
 
 def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
-                     log_path: str | Path | None = None, progress: bool = True) -> PreferenceRun:
+                     log_path: str | Path | None = None, progress: bool = True,
+                     mesh=None) -> PreferenceRun:
     """Train ``config``'s method from ``ckpt`` (policy and frozen reference); returns the final
     parameters and the log records, also written to ``log_path`` (JSONL) when given.
-    Deterministic for ``config.seed``."""
+    Deterministic for ``config.seed``. With a ``mesh`` (``sharding.batch_mesh()``) each batch is
+    split over its devices and the parameters replicated; the batch size must then be a multiple
+    of the device count."""
     method = config.make_method()
     objective = method.objective
     graphdef = ckpt.graphdef
@@ -194,7 +198,12 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
     if config.batch_size > len(train):
         raise ConfigError(f"batch_size={config.batch_size} is invalid: only {len(train)} "
                           "training pairs")
+    if mesh is not None and config.batch_size % mesh.devices.size:
+        raise ConfigError(f"batch_size={config.batch_size} is invalid: must be a multiple of the "
+                          f"{mesh.devices.size} devices of the mesh")
     ref_probe = pair_logprobs(graphdef, ckpt.params, probe)
+    reference = ckpt.params if mesh is None else replicate(ckpt.params, mesh)
+    place = (lambda batch: batch) if mesh is None else partial(shard_batch, mesh=mesh)
     tx = make_optimizer(config.optimizer, config.learning_rate)
     static = dict(graphdef=graphdef, method=method, optimizer=config.optimizer,
                   learning_rate=config.learning_rate)
@@ -237,7 +246,7 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
 
     try:
         emit(header)
-        params, extra = ckpt.params, method.init_extra(train.chosen.window)
+        params, extra = reference, method.init_extra(train.chosen.window)
         opt_state = tx.init(params)
         rng = np.random.default_rng([config.seed, 3])
         probing = config.probe_every > 0
@@ -247,7 +256,7 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
         for step in bar:
             idx = rng.choice(len(train), config.batch_size, replace=False)
             params, opt_state, extra, metrics, flags = _train_step(
-                params, opt_state, extra, train[idx], ckpt.params, **static)
+                params, opt_state, extra, place(train[idx]), reference, **static)
             check_finite(step, flags)  # NaN/Inf stops the run, naming the step and quantity
             record = {"kind": "train", "step": step,
                       **{k: float(v) for k, v in jax.device_get(metrics).items()}}
