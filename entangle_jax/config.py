@@ -27,11 +27,24 @@ def _require(ok: bool, cls: str, field: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{cls}.{field}={value!r} is invalid: {allowed}")
 
 
-def _positive_ints(obj, *names: str) -> None:
+def require(obj, field: str, ok: bool, allowed: str) -> None:
+    """Raise ``ConfigError`` naming ``obj``'s class, ``field``, its value and ``allowed`` unless ``ok``
+    (the validation every config of the project uses, in this module or beside its consumer)."""
+    _require(ok, type(obj).__name__, field, getattr(obj, field), allowed)
+
+
+def positive_ints(obj, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                 type(obj).__name__, name, value, "must be a positive integer")
+        require(obj, name, isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                "must be a positive integer")
+
+
+def nonnegative_ints(obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        require(obj, name, isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                "must be an integer >= 0")
 
 
 def _finite_reals(obj, *names: str) -> None:
@@ -67,7 +80,7 @@ class ModelConfig:
     param_dtype: str = "float32"
 
     def __post_init__(self):
-        _positive_ints(self, "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "d_mlp")
+        positive_ints(self, "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "d_mlp")
         _bools(self, "tie_embeddings", "unembed_bias")
         name = type(self).__name__
         _require(self.d_model % self.n_heads == 0, name, "n_heads", self.n_heads,
@@ -91,7 +104,7 @@ class DataConfig:
     n_unused_words: int = 64
 
     def __post_init__(self):
-        _positive_ints(self, "n_statements", "max_suffix_length")
+        positive_ints(self, "n_statements", "max_suffix_length")
         _finite_reals(self, "eval_fraction")
         name = type(self).__name__
         _require(isinstance(self.seed, int) and self.seed >= 0, name, "seed", self.seed,
@@ -127,11 +140,8 @@ class SFTConfig:
 
     def __post_init__(self):
         name = type(self).__name__
-        for field in ("steps", "pretrain_steps", "seed"):
-            value = getattr(self, field)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
-                     field, value, "must be an integer >= 0")
-        _positive_ints(self, "batch_size")
+        nonnegative_ints(self, "steps", "pretrain_steps", "seed")
+        positive_ints(self, "batch_size")
         _finite_reals(self, "learning_rate", "weight_decay", "label_flip")
         _require(self.learning_rate > 0, name, "learning_rate", self.learning_rate, "must be > 0")
         _require(self.weight_decay >= 0, name, "weight_decay", self.weight_decay, "must be >= 0")

@@ -36,7 +36,8 @@ import optax
 from tqdm.auto import tqdm
 
 from entangle_jax.checkpoint import Checkpoint
-from entangle_jax.config import ConfigError, to_dict
+from entangle_jax.config import (ConfigError, nonnegative_ints, positive_ints, require,
+                                 to_dict)
 from entangle_jax.data.pairs import Pairs, sentiment_pairs
 from entangle_jax.data.sentiment import make_sentiment_data, response_window
 from entangle_jax.dynamics import (OPTIMIZERS, case_fractions, coefficient_update,
@@ -75,28 +76,17 @@ class PreferenceConfig:
         hparams = self.hparams.items() if isinstance(self.hparams, Mapping) else self.hparams
         object.__setattr__(self, "hparams", tuple(sorted((str(k), v) for k, v in hparams)))
         self.make_objective()  # an unknown objective or bad hyperparameter fails here
-        name = type(self).__name__
-
-        def require(ok, field, allowed):
-            if not ok:
-                raise ConfigError(f"{name}.{field}={getattr(self, field)!r} is invalid: {allowed}")
-
-        require(self.mitigation in MITIGATIONS, "mitigation", f"one of {', '.join(MITIGATIONS)}")
-        require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
+        require(self, "mitigation", self.mitigation in MITIGATIONS,
+                f"one of {', '.join(MITIGATIONS)}")
+        require(self, "optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
         for field in ("learning_rate", "mask_learning_rate"):
             value = getattr(self, field)
-            require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
-                    field, "must be a finite number > 0")
-        require(isinstance(self.mask_l1, (int, float)) and self.mask_l1 >= 0, "mask_l1",
+            require(self, field, isinstance(value, (int, float)) and math.isfinite(value)
+                    and value > 0, "must be a finite number > 0")
+        require(self, "mask_l1", isinstance(self.mask_l1, (int, float)) and self.mask_l1 >= 0,
                 "must be >= 0")
-        for field in ("steps", "batch_size", "probe_size"):
-            value = getattr(self, field)
-            require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
-                    "must be a positive integer")
-        for field in ("probe_every", "seed", "suffix_length"):
-            value = getattr(self, field)
-            require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, field,
-                    "must be an integer >= 0")
+        positive_ints(self, "steps", "batch_size", "probe_size")
+        nonnegative_ints(self, "probe_every", "seed", "suffix_length")
 
     def make_objective(self):
         return get_objective(self.objective, **dict(self.hparams))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from entangle_jax.config import ConfigError, DataConfig, ModelConfig, SFTConfig
+from entangle_jax.config import ConfigError, DataConfig, ModelConfig, SFTConfig, require
 from entangle_jax.data.sentiment import SHAPES
 from entangle_jax.verify.stats import RESOLUTION
 
@@ -66,29 +66,26 @@ class VerifySettings:
     n_boot: int = 2000
 
     def __post_init__(self):
-        name = type(self).__name__
-
-        def require(ok, field, allowed):
-            if not ok:
-                raise ConfigError(f"{name}.{field}={getattr(self, field)!r} is invalid: {allowed}")
-
-        require(len(self.seeds) > 0 and all(isinstance(s, int) and s >= 0 for s in self.seeds)
-                and len(set(self.seeds)) == len(self.seeds), "seeds",
+        require(self, "seeds", len(self.seeds) > 0
+                and all(isinstance(s, int) and s >= 0 for s in self.seeds)
+                and len(set(self.seeds)) == len(self.seeds),
                 "must be distinct integers >= 0, at least one")
-        require(isinstance(self.n_pairs, int) and self.n_pairs >= 2, "n_pairs",
+        require(self, "n_pairs", isinstance(self.n_pairs, int) and self.n_pairs >= 2,
                 "must be an integer >= 2")
-        require(isinstance(self.long_suffix, int)
-                and 2 <= self.long_suffix <= self.data.max_suffix_length, "long_suffix",
+        require(self, "long_suffix", isinstance(self.long_suffix, int)
+                and 2 <= self.long_suffix <= self.data.max_suffix_length,
                 f"must be an integer in 2..{self.data.max_suffix_length}")
-        require(self.data.max_suffix_length >= 2, "data",
+        require(self, "data", self.data.max_suffix_length >= 2,
                 "needs max_suffix_length >= 2 (the shortest suffix of the paper has 2 tokens)")
-        require(isinstance(self.ntk_pairs, int) and 1 <= self.ntk_pairs <= self.n_pairs,
-                "ntk_pairs", f"must be an integer in 1..n_pairs={self.n_pairs}")
-        require(self.precision in RESOLUTION, "precision", f"one of {', '.join(RESOLUTION)}")
-        require(isinstance(self.n_boot, int) and self.n_boot >= 100, "n_boot",
+        require(self, "ntk_pairs", isinstance(self.ntk_pairs, int)
+                and 1 <= self.ntk_pairs <= self.n_pairs,
+                f"must be an integer in 1..n_pairs={self.n_pairs}")
+        require(self, "precision", self.precision in RESOLUTION,
+                f"one of {', '.join(RESOLUTION)}")
+        require(self, "n_boot", isinstance(self.n_boot, int) and self.n_boot >= 100,
                 "must be an integer >= 100")
         names = [r.name for r in self.regimes]
-        require(len(names) > 0 and len(set(names)) == len(names), "regimes",
+        require(self, "regimes", len(names) > 0 and len(set(names)) == len(names),
                 "must be distinct regimes, at least one")
 
     @property
