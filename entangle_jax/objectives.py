@@ -302,6 +302,11 @@ def pair_weights(loss_fn: LossFn, logp_w, logp_l, ref_w, ref_l, len_w, len_l):
     return -grad_w.reshape(shape), grad_l.reshape(shape)
 
 
+#: Nonzero hyperparameters outside [1/MAX_HPARAM, MAX_HPARAM] in magnitude overflow the float32
+#: loss (β · margin or 1/(2τ) → ∞, then NaN gradients).
+MAX_HPARAM = 1e6
+
+
 def get_objective(name: str, **hparams: float) -> Objective:
     """The objective called ``name`` (canonical, other spelling or TRL ``loss_type``) with its
     paper's defaults overridden by ``hparams``.
@@ -333,6 +338,10 @@ def get_objective(name: str, **hparams: float) -> Objective:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not (ok and math.isfinite(value) and check(value)):
             raise ConfigError(f"objective {key}: {hname}={value!r} is invalid: must be {rule}")
+        if value and not 1 / MAX_HPARAM <= abs(value) <= MAX_HPARAM:
+            raise ConfigError(f"objective {key}: {hname}={value!r} is invalid: must be 0 or of "
+                              f"magnitude {1 / MAX_HPARAM:g}..{MAX_HPARAM:g} (beyond, float32 "
+                              "losses such as β·margin or 1/(2τ) overflow)")
     values = {k: float(v) for k, v in values.items()}
     return Objective(key, partial(spec.fn, **values), tuple(values.items()), spec.margin_based)
 

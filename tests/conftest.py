@@ -1,10 +1,19 @@
 """Shared tiny fixtures: a small model and a briefly fine-tuned checkpoint."""
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from entangle_jax.config import DataConfig, ModelConfig, SFTConfig
 from entangle_jax.data import make_sentiment_data, response_window, sentiment_pairs
 from entangle_jax.train import train_sft
+
+# Property tests draw the same examples on every run, so a CI result is reproducible
+# (HYPOTHESIS_PROFILE=explore draws fresh ones).
+settings.register_profile("reproducible", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
 
 TINY_MODEL = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_mlp=32)
 TINY_DATA = DataConfig(n_statements=200, n_unused_words=16)

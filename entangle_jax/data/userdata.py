@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from entangle_jax.config import ConfigError
+from entangle_jax.config import ConfigError, require
 from entangle_jax.data.pairs import Pairs, Responses, encode_responses
 from entangle_jax.data.vocab import SPECIAL_TOKENS, Vocab
 
@@ -337,6 +337,8 @@ class UserDataConfig:
                 self.vocab_size <= len(SPECIAL_TOKENS):
             raise ConfigError(f"UserDataConfig.vocab_size={self.vocab_size!r} is invalid: must "
                               f"be an integer > {len(SPECIAL_TOKENS)}")
+        require(self, "skip_bad_lines", isinstance(self.skip_bad_lines, bool),
+                "must be true or false")
 
 
 @dataclass(frozen=True)
