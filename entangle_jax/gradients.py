@@ -68,9 +68,8 @@ def _leaf_dots(a, b):
 
 
 def _leaf_gram(a, b):
-    """``Σ_leaf A_leaf B_leafᵀ`` for two pytrees of per-token gradients with leading axis R."""
-    return sum(jnp.einsum("i...,j...->ij", x, y)
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    """``Σ_leaf A_leaf B_leafᵀ`` for two pytrees of stacked gradients (leading axis: rows)."""
+    return sum(ghost.row_gram(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def _check_chunk_size(chunk_size: int) -> None:
@@ -252,10 +251,7 @@ def _materialized_block(graphdef, params, batch: Responses):
     return jax.vmap(jax.grad(partial(sequence_logprob, graphdef)), in_axes=(None, 0))(params, batch)
 
 
-@jax.jit
-def _materialized_cross(grads_a, grads_b):
-    return sum(jnp.einsum("a...,b...->ab", x, y)
-               for x, y in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)))
+_jit_leaf_gram = jax.jit(_leaf_gram)
 
 
 @partial(jax.jit, static_argnums=(0, 3))
@@ -265,8 +261,16 @@ def _structured_block(graphdef, params, batch: Responses, plan):
 
 @partial(jax.jit, static_argnums=2)
 def _structured_cross(features_a, features_b, terms):
-    one = lambda a, b: ghost.leaf_grams(a, b, list(terms))[:, 0, 0].sum()  # noqa: E731
-    return jax.vmap(lambda a: jax.vmap(lambda b: one(a, b))(features_b))(features_a)
+    """Formed leaves are contracted as stacks of rows; ghost leaves response pair by pair."""
+    gram = 0.0
+    for k, leaf_terms in enumerate(terms):
+        if features_a.dense[k] is not None:
+            gram = gram + ghost.row_gram(features_a.dense[k], features_b.dense[k])
+            continue
+        one = lambda a, b, t=leaf_terms: ghost.ghost_gram(a, b, t)[0, 0]  # noqa: E731
+        gram = gram + jax.vmap(lambda a: jax.vmap(lambda b: one(a, b))(features_b.taps))(
+            features_a.taps)
+    return gram
 
 
 def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int = 64,
@@ -286,7 +290,7 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
     chunk_size = padded_size(min(chunk_size, int(batch.tokens.shape[0])), mesh)
     if implementation == "materialize":
         block = partial(_materialized_block, graphdef, params)
-        cross = _materialized_cross
+        cross = _jit_leaf_gram
     else:
         n_blocks = -(-int(batch.tokens.shape[0]) // chunk_size)
         plan = _plan(params, implementation, batch, per_token=False,
