@@ -292,8 +292,12 @@ def _ghost_cost(terms, shape, seq_len: int, rows: int, vocab: int) -> float:
     return 2 * cost
 
 
+#: Bytes of formed per-row gradients that ``auto`` may hold at once.
+MEMORY_BUDGET = 2**30
+
+
 def plan_leaves(params, implementation: str, *, seq_len: int, rows: int, n_sequences: int,
-                n_blocks: int, memory_budget: float = 2**30) -> tuple[str, ...]:
+                n_blocks: int, memory_budget: float = MEMORY_BUDGET) -> tuple[str, ...]:
     """Per-leaf strategy for ``n_blocks`` ``[rows, rows]`` blocks among ``n_sequences`` sequences of
     length ``seq_len``: ``structured`` puts every factored leaf on the ghost product; ``auto`` takes,
     per leaf, the cheaper of ghost (``n_blocks · ghost``) and outer (``n_sequences · R T n m`` to form

@@ -17,7 +17,8 @@ responses of a batch. Each takes ``implementation=`` (as neural-tangents' ``empi
   dense layer's inputs and output cotangents (``entangle_jax.ghost``); no per-example gradient of a
   weight matrix is ever formed;
 - ``"auto"``: per parameter leaf, the cheaper of the ghost product and the outer product ``Xᵀ G``
-  formed from the same taps, by a flop count under a memory budget (``ghost.plan_leaves``).
+  formed from the same taps, by a flop count under a memory budget (``ghost.plan_leaves``); for
+  the full sequence Gram, ``materialize`` whenever a chunk's per-example gradients fit that budget.
 
 All return the same numbers to float32 rounding. Pairs are processed in fixed-size chunks, so memory is
 bounded by the chunk and one compiled function serves every chunk and every suffix length.
@@ -273,6 +274,15 @@ def _structured_cross(features_a, features_b, terms):
     return gram
 
 
+def _block_fits(params, chunk_size: int) -> bool:
+    """Whether ``chunk_size`` per-example gradients fit ``ghost.MEMORY_BUDGET``. A full Gram
+    contracts every pair of responses, so when they fit, ``auto`` forms them (one backward per
+    response, one matmul per leaf): measured faster than the ghost product and than the per-leaf
+    mix from taps on every benchmark config (docs/performance.md)."""
+    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    return chunk_size * size <= ghost.MEMORY_BUDGET
+
+
 def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int = 64,
                   progress: Callable | None = None, implementation: str = "materialize",
                   mesh=None) -> np.ndarray:
@@ -288,6 +298,8 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
         batch = pairs_as_responses(batch)
     # a batch smaller than one block is not padded up to it (its shape is the padded shape)
     chunk_size = padded_size(min(chunk_size, int(batch.tokens.shape[0])), mesh)
+    if implementation == "auto" and _block_fits(params, chunk_size):
+        implementation = "materialize"
     if implementation == "materialize":
         block = partial(_materialized_block, graphdef, params)
         cross = _jit_leaf_gram

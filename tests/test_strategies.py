@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from entangle_jax import ghost
+from entangle_jax import ghost, gradients
 from entangle_jax.config import ModelConfig
 from entangle_jax.data import response_window, sentiment_pairs
 from entangle_jax.gradients import (_structured_pair_geometry_chunk, pair_geometry,
@@ -106,6 +106,22 @@ def test_sequence_gram_blocks_agree_with_one_block(model):
     whole = sequence_gram(graphdef, params, pairs, implementation="auto")
     blocked = sequence_gram(graphdef, params, pairs, chunk_size=4, implementation="auto")
     _close(blocked, whole, np.abs(whole).max())
+
+
+def test_auto_sequence_gram_forms_gradients_only_within_the_budget(model, monkeypatch):
+    """Within ``ghost.MEMORY_BUDGET`` auto forms per-example gradients; beyond it, it runs the
+    per-leaf plan from taps (here a mix of ghost, outer and exact leaves), with the same Gram."""
+    graphdef, params, pairs = model
+    want = sequence_gram(graphdef, params, pairs)
+    calls = []
+    structured_block = gradients._structured_block
+    monkeypatch.setattr(gradients, "_structured_block",
+                        lambda *args: calls.append(args[-1]) or structured_block(*args))
+    _close(sequence_gram(graphdef, params, pairs, implementation="auto"), want, np.abs(want).max())
+    assert calls == []
+    monkeypatch.setattr(ghost, "MEMORY_BUDGET", 0)
+    _close(sequence_gram(graphdef, params, pairs, implementation="auto"), want, np.abs(want).max())
+    assert {"ghost", "outer", "exact"} <= set(calls[0])
 
 
 def test_auto_plan_mixes_ghost_and_outer_by_cost():
