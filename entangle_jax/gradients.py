@@ -86,6 +86,13 @@ def _on_mesh(params, chunk_size: int, mesh):
                                                       padded_size(chunk_size, mesh))
 
 
+def _take(batch, idx: np.ndarray):
+    """``batch[idx]``, or ``batch`` itself when ``idx`` is all of it in order (indexing a pytree
+    of device arrays costs a dispatch per leaf)."""
+    rows = jax.tree.leaves(batch)[0].shape[0]
+    return batch if np.array_equal(idx, np.arange(rows)) else batch[idx]
+
+
 def _chunked(fn: Callable, pairs: Pairs, chunk_size: int, progress: Callable | None, mesh=None):
     """Apply ``fn`` to fixed-size chunks of ``pairs`` (the last padded by repetition; each chunk
     sharded over ``mesh`` when given) and concatenate its per-pair outputs on the host."""
@@ -93,8 +100,8 @@ def _chunked(fn: Callable, pairs: Pairs, chunk_size: int, progress: Callable | N
     n = len(pairs)
     outs = []
     for lo in range(0, n, chunk_size):
-        idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
-        chunk = pairs[idx] if mesh is None else shard_batch(pairs[idx], mesh)
+        chunk = _take(pairs, np.minimum(np.arange(lo, lo + chunk_size), n - 1))
+        chunk = chunk if mesh is None else shard_batch(chunk, mesh)
         outs.append(jax.device_get(fn(chunk)))
         if progress is not None:
             progress(min(lo + chunk_size, n))
@@ -316,9 +323,9 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
     place = (lambda b: b) if mesh is None else (lambda b: shard_batch(b, mesh))  # noqa: E731
     gram = np.zeros((n, n), np.float64)
     for i, lo in enumerate(starts):
-        rows = block(place(batch[index[lo]]))
+        rows = block(place(_take(batch, index[lo])))
         for hi in list(starts)[i:]:
-            cols = rows if hi == lo else block(place(batch[index[hi]]))
+            cols = rows if hi == lo else block(place(_take(batch, index[hi])))
             k = np.asarray(cross(rows, cols))[:min(chunk_size, n - lo), :min(chunk_size, n - hi)]
             gram[lo:lo + k.shape[0], hi:hi + k.shape[1]] = k
             gram[hi:hi + k.shape[1], lo:lo + k.shape[0]] = k.T
