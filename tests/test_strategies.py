@@ -101,6 +101,16 @@ def test_sequence_gram_matches_a_per_response_loop(model):
         _close(got, want, np.abs(want).max())
 
 
+def test_concurrent_contraction_agrees_with_one_call(model, monkeypatch):
+    """Large blocks are contracted in leaf groups on several threads; same Gram, blocked or not."""
+    graphdef, params, pairs = model
+    want = sequence_gram(graphdef, params, pairs)
+    monkeypatch.setattr(gradients, "CONCURRENT_CONTRACTION_BYTES", 0)
+    for chunk_size in (64, 3):
+        got = sequence_gram(graphdef, params, pairs, chunk_size=chunk_size)
+        _close(got, want, np.abs(want).max())
+
+
 def test_sequence_gram_blocks_agree_with_one_block(model):
     graphdef, params, pairs = model
     whole = sequence_gram(graphdef, params, pairs, implementation="auto")
