@@ -262,7 +262,12 @@ def _materialized_block(graphdef, params, batch: Responses):
 
 
 _jit_leaf_gram = jax.jit(_leaf_gram)
-_CONTRACTION_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+_CORES = os.cpu_count() or 1
+_CONTRACTION_POOL = ThreadPoolExecutor(max_workers=_CORES)
+
+
+def _nbytes(tree) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
 #: Bytes of stacked gradients above which ``_contract`` splits the work over threads (below it
@@ -276,10 +281,9 @@ def _contract(grads_a, grads_b):
     own call from its own thread: XLA's CPU dot of a skinny ``[N, K] · [K, N]`` product runs on one
     core, but separate executions run side by side (docs/performance.md)."""
     leaves_a, leaves_b = jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)
-    if sum(x.size * x.dtype.itemsize for x in leaves_a) <= CONCURRENT_CONTRACTION_BYTES:
+    if _nbytes(leaves_a) <= CONCURRENT_CONTRACTION_BYTES:
         return _jit_leaf_gram(leaves_a, leaves_b)
-    groups: list[list[int]] = [[] for _ in range(min(_CONTRACTION_POOL._max_workers,
-                                                     len(leaves_a)))]
+    groups: list[list[int]] = [[] for _ in range(min(_CORES, len(leaves_a)))]
     loads = [0] * len(groups)
     for k in sorted(range(len(leaves_a)), key=lambda k: -leaves_a[k].size):
         lightest = loads.index(min(loads))
@@ -317,8 +321,7 @@ def _block_fits(params, chunk_size: int) -> bool:
     contracts every pair of responses, so when they fit, ``auto`` forms them (one backward per
     response, one matmul per leaf): measured faster than the ghost product and than the per-leaf
     mix from taps on every benchmark config (docs/performance.md)."""
-    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-    return chunk_size * size <= ghost.MEMORY_BUDGET
+    return chunk_size * _nbytes(params) <= ghost.MEMORY_BUDGET
 
 
 def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int = 64,

@@ -3,10 +3,10 @@
 
 Spec: ``{"config": name, "task": "sequence_gram" | "token_gram" | "pair_stats" | "forward",
 "method": …, "pairs": B, "repeats": n}``. The first call (compile + run) is timed apart; the median
-of ``repeats`` (or more) further calls is the run time. Compilations are counted through ``jax.monitoring``
-during warm-up, during the timed calls and during one call on a batch of other suffix lengths of
-the same padded shape (the last two must be 0). Calls of a few milliseconds repeat until
-``MIN_TIMED_S`` seconds are timed.
+of ``repeats`` further calls (more for calls of a few milliseconds, until ``MIN_TIMED_S`` seconds
+are timed) is the run time. Compilations are counted through ``jax.monitoring`` during warm-up,
+during the timed calls and during one call on a batch of other suffix lengths of the same padded
+shape (the last two must be 0).
 """
 
 from __future__ import annotations
@@ -158,8 +158,8 @@ def run_case(spec: dict) -> dict:
     result.update(first_s=first, median_s=median, compile_s=max(0.0, first - median),
                   times_s=times, compiles_warmup=warm_compiles, compiles_timed=timed_compiles,
                   compiles_other_shape=_COMPILES[0] - warm_compiles - timed_compiles,
-                  baseline_rss_mb=baseline, peak_rss_mb=_peak_rss_mb(), lower_bound_gflop=flops / 1e9,
-                  gflops=flops / 1e9 / median, torch_logprob_gap=gap)
+                  baseline_rss_mb=baseline, peak_rss_mb=_peak_rss_mb(),
+                  lower_bound_gflop=flops / 1e9, gflops=flops / 1e9 / median, torch_logprob_gap=gap)
     return result
 
 
