@@ -262,39 +262,17 @@ def _materialized_block(graphdef, params, batch: Responses):
 
 
 _jit_leaf_gram = jax.jit(_leaf_gram)
-_CORES = os.cpu_count() or 1
-_CONTRACTION_POOL = ThreadPoolExecutor(max_workers=_CORES)
+
+#: Sub-blocks of a chunk that ``sequence_gram`` computes side by side, one per thread, on a CPU:
+#: one XLA execution leaves cores idle in its single-threaded steps (elementwise fusions, and the
+#: skinny ``[N, K] · [K, N]`` contraction dots, which run on one core), while separate executions
+#: run concurrently (docs/performance.md; measured on 2 cores, capped for wider machines).
+SIDE_BY_SIDE = min(os.cpu_count() or 1, 4)
+_POOL = ThreadPoolExecutor(max_workers=SIDE_BY_SIDE)
 
 
 def _nbytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-
-
-#: Bytes of stacked gradients above which ``_contract`` splits the work over threads (below it
-#: the thread handoff costs more than it saves: 16 ms against 20 ms on the default model).
-CONCURRENT_CONTRACTION_BYTES = 2**27
-
-
-def _contract(grads_a, grads_b):
-    """``_leaf_gram`` of two blocks of stacked gradients; above ``CONCURRENT_CONTRACTION_BYTES``
-    the leaves are split into one group of about equal size per CPU core, each contracted by its
-    own call from its own thread: XLA's CPU dot of a skinny ``[N, K] · [K, N]`` product runs on one
-    core, but separate executions run side by side (docs/performance.md)."""
-    leaves_a, leaves_b = jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)
-    if _nbytes(leaves_a) <= CONCURRENT_CONTRACTION_BYTES:
-        return _jit_leaf_gram(leaves_a, leaves_b)
-    groups: list[list[int]] = [[] for _ in range(min(_CORES, len(leaves_a)))]
-    loads = [0] * len(groups)
-    for k in sorted(range(len(leaves_a)), key=lambda k: -leaves_a[k].size):
-        lightest = loads.index(min(loads))
-        groups[lightest].append(k)
-        loads[lightest] += leaves_a[k].size
-
-    def contract(group):
-        pick = lambda leaves: [leaves[k] for k in group]  # noqa: E731
-        return jax.block_until_ready(_jit_leaf_gram(pick(leaves_a), pick(leaves_b)))
-
-    return sum(_CONTRACTION_POOL.map(contract, groups))
 
 
 @partial(jax.jit, static_argnums=(0, 3))
@@ -338,34 +316,58 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
     if isinstance(batch, Pairs):
         batch = pairs_as_responses(batch)
     # a batch smaller than one block is not padded up to it (its shape is the padded shape)
-    chunk_size = padded_size(min(chunk_size, int(batch.tokens.shape[0])), mesh)
+    n = int(batch.tokens.shape[0])
+    chunk_size = padded_size(min(chunk_size, n), mesh)
     if implementation == "auto" and _block_fits(params, chunk_size):
         implementation = "materialize"
     if implementation == "materialize":
-        block = partial(_materialized_block, graphdef, params)
-        cross = _contract
+        block_of = partial(_materialized_block, graphdef, params)
+        cross_of = _jit_leaf_gram
     else:
-        n_blocks = -(-int(batch.tokens.shape[0]) // chunk_size)
+        n_blocks = -(-n // chunk_size)
         plan = _plan(params, implementation, batch, per_token=False,
                      n_sequences=chunk_size * min(2, n_blocks), n_blocks=chunk_size**2)
-        block = lambda b: _structured_block(graphdef, params, b, plan)  # noqa: E731
+        block_of = lambda b: _structured_block(graphdef, params, b, plan)  # noqa: E731
         terms = tuple(ghost.leaf_terms(params))
-        cross = lambda a, b: _structured_cross(a, b, terms)  # noqa: E731
-    n = int(batch.tokens.shape[0])
-    starts = range(0, n, chunk_size)
-    index = {lo: np.minimum(np.arange(lo, lo + chunk_size), n - 1) for lo in starts}
+        cross_of = lambda a, b: _structured_cross(a, b, terms)  # noqa: E731
+    # a mesh already splits each chunk over its devices; on one CPU the chunk is split into
+    # sub-blocks computed side by side
+    parts = min(SIDE_BY_SIDE, chunk_size) if mesh is None and jax.default_backend() == "cpu" else 1
+    sub = -(-chunk_size // parts)
+    chunk_size = sub * parts
+    host = jax.device_get(batch)  # sliced on the host: no device dispatch per slice
     place = (lambda b: b) if mesh is None else (lambda b: shard_batch(b, mesh))  # noqa: E731
+
+    def block(lo: int) -> list:
+        """The gradients (or features) of the chunk at ``lo`` as ``parts`` sub-blocks (the last
+        chunk padded by repetition)."""
+        idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
+        pieces = [place(host[idx[k * sub:(k + 1) * sub]]) for k in range(parts)]
+        return list(_POOL.map(lambda piece: jax.block_until_ready(block_of(piece)), pieces))
+
+    def cross(rows: list, cols: list, diagonal: bool) -> np.ndarray:
+        """``[chunk, chunk]`` products of two chunks, sub-block pair by pair, side by side."""
+        pairs_ij = [(i, j) for i in range(parts) for j in range(parts) if not diagonal or i <= j]
+        grams = _POOL.map(lambda ij: np.asarray(cross_of(rows[ij[0]], cols[ij[1]])), pairs_ij)
+        k = np.empty((chunk_size, chunk_size), np.float64)
+        for (i, j), g in zip(pairs_ij, grams):
+            k[i * sub:(i + 1) * sub, j * sub:(j + 1) * sub] = g
+            if diagonal:
+                k[j * sub:(j + 1) * sub, i * sub:(i + 1) * sub] = g.T
+        return k
+
+    starts = range(0, n, chunk_size)
     gram = np.zeros((n, n), np.float64)
     for i, lo in enumerate(starts):
-        rows = block(place(_take(batch, index[lo])))
+        rows = block(lo)
         for hi in list(starts)[i:]:
-            cols = rows if hi == lo else block(place(_take(batch, index[hi])))
-            k = np.asarray(cross(rows, cols))[:min(chunk_size, n - lo), :min(chunk_size, n - hi)]
+            k = cross(rows, rows if hi == lo else block(hi), diagonal=hi == lo)
+            k = k[:min(chunk_size, n - lo), :min(chunk_size, n - hi)]
             gram[lo:lo + k.shape[0], hi:hi + k.shape[1]] = k
             gram[hi:hi + k.shape[1], lo:lo + k.shape[0]] = k.T
         if progress is not None:
             progress(min(lo + chunk_size, n))
-    return gram.astype(np.float32)
+    return ((gram + gram.T) / 2).astype(np.float32)  # exactly symmetric
 
 
 @struct.dataclass

@@ -10,8 +10,8 @@ from flax import nnx
 from entangle_jax import ghost, gradients
 from entangle_jax.config import ModelConfig
 from entangle_jax.data import response_window, sentiment_pairs
-from entangle_jax.gradients import (_structured_pair_geometry_chunk, pair_geometry,
-                                    pairs_as_responses, sequence_gram, token_grams)
+from entangle_jax.gradients import (IMPLEMENTATIONS, _structured_pair_geometry_chunk,
+                                    pair_geometry, pairs_as_responses, sequence_gram, token_grams)
 from entangle_jax.logprob import logits, sequence_logprob, token_logprobs
 from entangle_jax.model import init_model
 
@@ -101,14 +101,19 @@ def test_sequence_gram_matches_a_per_response_loop(model):
         _close(got, want, np.abs(want).max())
 
 
-def test_concurrent_contraction_agrees_with_one_call(model, monkeypatch):
-    """Large blocks are contracted in leaf groups on several threads; same Gram, blocked or not."""
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_sub_blocks_side_by_side_agree_with_one_block(model, monkeypatch, implementation):
+    """A chunk split into sub-blocks on threads (including a padded last sub-block) gives the same
+    exactly symmetric Gram as one block per chunk."""
     graphdef, params, pairs = model
-    want = sequence_gram(graphdef, params, pairs)
-    monkeypatch.setattr(gradients, "CONCURRENT_CONTRACTION_BYTES", 0)
-    for chunk_size in (64, 3):
-        got = sequence_gram(graphdef, params, pairs, chunk_size=chunk_size)
+    monkeypatch.setattr(gradients, "SIDE_BY_SIDE", 1)
+    want = sequence_gram(graphdef, params, pairs, implementation=implementation)
+    for parts, chunk_size in [(2, 6), (3, 6), (2, 4), (4, 3)]:  # 6 responses
+        monkeypatch.setattr(gradients, "SIDE_BY_SIDE", parts)
+        got = sequence_gram(graphdef, params, pairs, chunk_size=chunk_size,
+                            implementation=implementation)
         _close(got, want, np.abs(want).max())
+        np.testing.assert_array_equal(got, got.T)
 
 
 def test_sequence_gram_blocks_agree_with_one_block(model):
