@@ -310,7 +310,8 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
 
     Blocks of ``chunk_size`` responses are contracted block pair by block pair, so memory holds two
     blocks' gradients (or taps) at a time; the diagonal block is computed once. With a ``mesh``
-    each block is split over its devices."""
+    each block is split over its devices; without one, on a CPU, into ``SIDE_BY_SIDE`` sub-blocks
+    computed and contracted in threads. The result is exactly symmetric."""
     _check_implementation(implementation)
     params, chunk_size = _on_mesh(params, chunk_size, mesh)
     if isinstance(batch, Pairs):
