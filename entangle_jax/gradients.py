@@ -271,10 +271,6 @@ SIDE_BY_SIDE = min(os.cpu_count() or 1, 4)
 _POOL = ThreadPoolExecutor(max_workers=SIDE_BY_SIDE)
 
 
-def _nbytes(tree) -> int:
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-
-
 @partial(jax.jit, static_argnums=(0, 3))
 def _structured_block(graphdef, params, batch: Responses, plan):
     return jax.vmap(lambda s: _features(graphdef, params, s, plan, per_token=False)[1])(batch)
@@ -299,7 +295,8 @@ def _block_fits(params, chunk_size: int) -> bool:
     contracts every pair of responses, so when they fit, ``auto`` forms them (one backward per
     response, one matmul per leaf): measured faster than the ghost product and than the per-leaf
     mix from taps on every benchmark config (docs/performance.md)."""
-    return chunk_size * _nbytes(params) <= ghost.MEMORY_BUDGET
+    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    return chunk_size * size <= ghost.MEMORY_BUDGET
 
 
 def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int = 64,

@@ -96,10 +96,9 @@ def plot(results: dict, cfg: Config):
         ax.set_visible(False)
     style.legend_below(fig, ncol=2)
     run = cfg.runs[0]
-    style.suptitle(fig, f"The loss zoo on long-suffix pairs (L = {run.suffix_length}), same "
-                        f"{sources.regime_label(cfg.regime)} model (seed {cfg.seed}) and batches:"
-                        f" {run.optimizer.capitalize()}, lr {run.learning_rate:g}, batch "
-                        f"{run.batch_size}, paper-default hyperparameters; training-batch means")
+    style.suptitle(fig, f"The loss zoo on long-suffix pairs (L = {run.suffix_length}), "
+                        f"{sources.shared_training(cfg)}, paper-default hyperparameters; "
+                        "training-batch means")
     return fig, rows
 
 

@@ -131,9 +131,7 @@ def plot(results: dict, cfg: Config):
     style.legend_below(fig, handles, labels, ncol=2)
     run = cfg.runs[0]
     style.suptitle(fig, f"Mitigations against DPO on long-suffix pairs (L = {run.suffix_length}), "
-                        f"same {sources.regime_label(cfg.regime)} model (seed {cfg.seed}) and "
-                        f"batches: {run.optimizer.capitalize()}, lr {run.learning_rate:g}, batch "
-                        f"{run.batch_size}; markers: {run.probe_size} probe pairs")
+                        f"{sources.shared_training(cfg)}; markers: {run.probe_size} probe pairs")
     return fig, rows
 
 

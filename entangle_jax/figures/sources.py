@@ -49,6 +49,14 @@ def regime_label(name: str) -> str:
     return name.replace("_", " ").replace("sft", "SFT")
 
 
+def shared_training(cfg) -> str:
+    """``same <regime> model (seed s) and batches: Adam, lr 0.0001, batch 8``: the setting that
+    the runs of one figure (``cfg.runs``) share, for its title."""
+    run = cfg.runs[0]
+    return (f"same {regime_label(cfg.regime)} model (seed {cfg.seed}) and batches: "
+            f"{run.optimizer.capitalize()}, lr {run.learning_rate:g}, batch {run.batch_size}")
+
+
 def checkpoint(settings: VerifySettings, regime: str, seed: int, ctx) -> Checkpoint:
     """The model of ``regime`` at ``seed`` (trained once, then read from ``ctx.model_cache``)."""
     return cached_sft(settings.model, settings.data_config(seed),
