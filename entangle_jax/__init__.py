@@ -7,7 +7,7 @@ from entangle_jax.data import (Pairs, Responses, make_sentiment_data, response_w
                                sentiment_pairs)
 from entangle_jax.gradients import output_layer_check, pair_geometry, token_grams
 from entangle_jax.logprob import sequence_logprob, token_logprobs
-from entangle_jax.model import Transformer, init_model
+from entangle_jax.models import Transformer, init_model
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,6 @@
-"""Checkpoints without pickle: ``config.json`` (configs + vocabulary) and ``params.npz`` (arrays keyed
-by their parameter path), both written atomically.
+"""Checkpoints without pickle: ``config.json`` (the architecture, configs and tokenizer) and
+``params.npz`` (arrays keyed by their parameter path), both written atomically. One format serves
+the tiny transformer (word vocabulary) and the Llama port (byte-level BPE tokenizer).
 
 A training run also keeps ``train_state.npz``, everything a resumed run needs in one atomically
 written file: the parameters, the optimizer state, the step, the host RNG state and the hash of
@@ -18,11 +19,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from entangle_jax.config import ConfigError, DataConfig, ModelConfig, SFTConfig
+from entangle_jax.config import ConfigError, DataConfig, SFTConfig
+from entangle_jax.data.bpe import ChatTokenizer
 from entangle_jax.data.userdata import UserDataConfig
 from entangle_jax.data.vocab import Vocab
 from entangle_jax.io import atomic_write_bytes, atomic_write_json
-from entangle_jax.model import init_model
+from entangle_jax.models import abstract_model, architecture, config_class
+from entangle_jax.pytrees import path_key
 
 FORMAT_VERSION = 1
 
@@ -33,22 +36,29 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """A model (either architecture) with its tokenizer and the configs that made it."""
+
     graphdef: nnx.GraphDef
     params: nnx.State
-    model_config: ModelConfig
-    vocab: Vocab
+    model_config: Any  # ModelConfig or LlamaConfig
+    tokenizer: Vocab | ChatTokenizer
     data_config: DataConfig | None = None
     sft_config: SFTConfig | None = None
     user_data: UserDataConfig | None = None  # set instead of data_config for a user's file
 
 
-def _path_key(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+#: Tokenizer kind (as ``config.json`` records it) → class.
+TOKENIZERS = {Vocab.kind: Vocab, ChatTokenizer.kind: ChatTokenizer}
 
 
 def _flat_arrays(tree, prefix: str = "") -> dict[str, np.ndarray]:
-    return {prefix + _path_key(p): np.asarray(x)
+    return {prefix + path_key(p): np.asarray(x)
             for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _stored_key(key: str) -> str:
+    """Keys written before the ``.value`` step of a Variable was dropped from names end in it."""
+    return key[:-len("/value")] if key.endswith("/value") else key
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -64,10 +74,11 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint, *,
     directory = Path(directory)
     atomic_write_bytes(directory / "params.npz", _npz_bytes(_flat_arrays(ckpt.params)))
     meta = {"format_version": FORMAT_VERSION,
+            "architecture": architecture(ckpt.model_config),
             "model_config": _asdict(ckpt.model_config),
             "data_config": _asdict(ckpt.data_config),
             "sft_config": _asdict(ckpt.sft_config),
-            "vocab": list(ckpt.vocab.words)}
+            "tokenizer": ckpt.tokenizer.to_dict()}
     if ckpt.user_data is not None:
         meta["user_data"] = _asdict(ckpt.user_data)
     if training is not None:
@@ -96,25 +107,32 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
         raise CheckpointError(f"no checkpoint at {directory} (expected config.json and params.npz)")
     try:
         meta = json.loads((directory / "config.json").read_text("utf-8"))
-        model_config = _build(ModelConfig, meta["model_config"], f"{directory}/config.json")
-        vocab = Vocab(meta["vocab"])
+        config_cls = config_class(meta.get("architecture", "tiny"))
+        model_config = _build(config_cls, meta["model_config"], f"{directory}/config.json")
+        stored_tokenizer = meta.get("tokenizer") or {"kind": Vocab.kind, "words": meta["vocab"]}
+        tokenizer_cls = TOKENIZERS[stored_tokenizer["kind"]]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"corrupt checkpoint config {directory / 'config.json'}: {err}") \
+            from None
+    try:
+        tokenizer = tokenizer_cls.from_dict(stored_tokenizer)
+    except Exception as err:  # the tokenizers package raises its own exception types
+        raise CheckpointError(f"corrupt tokenizer in {directory / 'config.json'}: {err}") \
             from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {directory} has format_version "
                               f"{meta.get('format_version')!r}; expected {FORMAT_VERSION}")
-    if len(vocab) != model_config.vocab_size:
-        raise CheckpointError(f"checkpoint {directory}: vocabulary of {len(vocab)} words but "
+    if len(tokenizer) != model_config.vocab_size:
+        raise CheckpointError(f"checkpoint {directory}: vocabulary of {len(tokenizer)} tokens but "
                               f"model vocab_size={model_config.vocab_size}")
-    graphdef, template = nnx.split(init_model(model_config))
+    graphdef, template = nnx.split(abstract_model(model_config))
     try:
         with np.load(directory / "params.npz", allow_pickle=False) as stored:
-            arrays = {k: stored[k] for k in stored.files}
+            arrays = {_stored_key(k): stored[k] for k in stored.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise CheckpointError(f"corrupt parameter file {directory / 'params.npz'}: {err}") from None
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    expected = {_path_key(p): x for p, x in leaves}
+    expected = {path_key(p): x for p, x in leaves}
     if set(arrays) != set(expected):
         missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
         raise CheckpointError(f"checkpoint {directory} does not match its model config: "
@@ -124,9 +142,9 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
             raise CheckpointError(f"checkpoint {directory}: parameter {key} has shape "
                                   f"{arrays[key].shape} {arrays[key].dtype}; the config expects "
                                   f"{ref.shape} {ref.dtype}")
-    params = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(arrays[_path_key(p)])
+    params = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(arrays[path_key(p)])
                                                     for p, _ in leaves])
-    return Checkpoint(graphdef, params, model_config, vocab,
+    return Checkpoint(graphdef, params, model_config, tokenizer,
                       _build(DataConfig, meta.get("data_config"), "data_config"),
                       _build(SFTConfig, meta.get("sft_config"), "sft_config"),
                       _build(UserDataConfig, meta.get("user_data"), "user_data"))
@@ -176,7 +194,7 @@ def _restore(stored: dict, prefix: str, template, path: Path):
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     restored = []
     for p, ref in leaves:
-        key = prefix + _path_key(p)
+        key = prefix + path_key(p)
         ref = np.asarray(ref)
         if key not in stored or stored[key].shape != ref.shape or stored[key].dtype != ref.dtype:
             raise CheckpointError(f"{path}: {key} is missing or has another shape/dtype than "
@@ -194,7 +212,7 @@ def load_train_state(directory: str | Path, params_template, opt_template, confi
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
-            stored = {k: npz[k] for k in npz.files}
+            stored = {_stored_key(k): npz[k] for k in npz.files}
         meta = json.loads(str(stored.pop("meta")))
         step, rng_state = int(meta["step"]), meta["rng_state"]
         saved_configs, saved_hash = meta["configs"], meta["config_hash"]

@@ -90,6 +90,42 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LlamaConfig:
+    """A Llama-architecture decoder (RMSNorm, rotary positions, grouped-query attention, SiLU-gated
+    MLP, no biases), as read from a checkpoint's metadata. The defaults are a small random model
+    for tests; ``pretrained`` fills them from SmolLM2-135M-Instruct's GGUF file.
+
+    ``n_kv_heads`` key/value heads serve ``n_heads`` query heads; ``rope_theta`` is the rotary
+    base; ``max_len`` the longest sequence the checkpoint was trained for."""
+
+    vocab_size: int = 512
+    max_len: int = 64
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 16
+    d_mlp: int = 128
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-5
+    tie_embeddings: bool = True
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        positive_ints(self, "vocab_size", "max_len", "d_model", "n_layers", "n_heads",
+                      "n_kv_heads", "head_dim", "d_mlp")
+        _finite_reals(self, "rope_theta", "rms_eps")
+        _bools(self, "tie_embeddings")
+        require(self, "n_kv_heads", self.n_heads % self.n_kv_heads == 0,
+                f"must divide n_heads={self.n_heads}")
+        require(self, "head_dim", self.head_dim % 2 == 0, "must be even (rotary pairs)")
+        require(self, "rope_theta", self.rope_theta > 1, "must be > 1")
+        require(self, "rms_eps", self.rms_eps > 0, "must be > 0")
+        require(self, "param_dtype", self.param_dtype in ("float32", "float64"),
+                "one of 'float32', 'float64'")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """The synthetic sentiment preference task.
 

@@ -31,13 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx, struct
+from flax import struct
 
 from entangle_jax.config import ConfigError
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.gradients import pair_geometry
 from entangle_jax.logprob import batch_sequence_logprobs, sequence_logprob, token_logprobs
-from entangle_jax.model import init_model
+from entangle_jax.models import in_precision
 from entangle_jax.objectives import Objective
 
 #: The optimizers a preference step can use: name → optax constructor of the learning rate.
@@ -432,11 +432,8 @@ def batch_update_check(graphdef, params, pairs: Pairs, objective: Objective,
 
 def to_float64(model_config, params):
     """``(graphdef, params)`` of the same model in float64 (call inside ``jax.enable_x64(True)``):
-    the O(η²) error of a small step then stands far above rounding, so its order can be fitted.
-    The graphdef is rebuilt too, since layers such as ``nnx.Embed`` keep their compute dtype in it."""
-    config = dataclasses.replace(model_config, param_dtype="float64")
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: init_model(config)))
-    return graphdef, jax.tree.map(lambda x: x.astype(jnp.float64), params)
+    the O(η²) error of a small step then stands far above rounding, so its order can be fitted."""
+    return in_precision(model_config, params, "float64")[1:]
 
 
 def report_pairs(ckpt, suffix_length: int | None, n_pairs: int) -> Pairs:
@@ -457,7 +454,7 @@ def report_pairs(ckpt, suffix_length: int | None, n_pairs: int) -> Pairs:
         raise ConfigError(f"suffix length {suffix_length} is invalid: the checkpoint's data "
                           f"allows 0..{ckpt.data_config.max_suffix_length}")
     data = make_sentiment_data(ckpt.data_config)
-    return sentiment_pairs(data.eval[:n_pairs], ckpt.vocab, suffix_length,
+    return sentiment_pairs(data.eval[:n_pairs], ckpt.tokenizer, suffix_length,
                            ckpt.model_config.max_len, response_window(ckpt.data_config))
 
 

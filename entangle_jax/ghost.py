@@ -12,157 +12,109 @@ and no per-example gradient is ever formed. An embedding ``E[ids]`` is the same 
 kept. Per-token rows ``f^i = log π(y_i | x, y_<i)`` share ``X`` and differ in ``G^i``; with
 ``Z^j = (X_a X_bᵀ) G_b^j`` the token Gram is ``M[i, j] = ⟨G_a^i, Z^j⟩`` in ``O(T²n + R T² m + R² T m)``.
 
-The cotangents come from one ``jax.vjp`` of a functional forward over the parameter state that adds a
-zero perturbation ``δ`` to every dense output (``∂f/∂δ = ∂f/∂y``, the ghost-norm trick) while the
-kernels are held constant, so the backward pass forms no weight gradient. The small leaves (biases,
-LayerNorm scales and offsets) get their exact per-row gradients from the same ``vjp``.
+Nothing here knows a model's layers. Each model records its factors in its own forward pass
+(``models.layers``: ``sow`` of each input, ``perturb`` of each output under ``nnx.capture``) and
+declares which factors make up which parameter's gradient (``gradient_terms``). ``record_taps``
+runs that forward pass once and takes one ``jax.vjp`` with respect to the zero perturbations
+(``∂f/∂δ = ∂f/∂y``, the ghost-norm trick) while the factored parameters are held constant, so the
+backward pass forms no weight gradient. The small leaves (biases, norm scales) get their exact
+per-row gradients from the same ``vjp``.
 
 ``plan_leaves`` picks, leaf by leaf, between the ghost product and the outer-product gradient
 ``Xᵀ G`` formed from the same taps (cheaper when sequences are long and there are few pairs), by a
-flop count under a memory budget.
+flop count from the shapes of the taps, under a memory budget.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
 from entangle_jax.data.pairs import Responses
+from entangle_jax.logprob import picked_logprobs, response_positions
+from entangle_jax.models.layers import Term
+from entangle_jax.pytrees import leaf_keys, path_key
 
 #: Per-leaf strategies of a plan: ``ghost`` product, ``outer`` (form ``Xᵀ G``), ``exact`` (small leaf).
 LEAF_STRATEGIES = ("ghost", "outer", "exact")
 
 
-class Term(NamedTuple):
-    """One ``Σ_t u_t ⊗ v_t`` term of a leaf's gradient: ``shared`` names the factor that is the same
-    for every row (a layer input, or ``tokens``/``positions`` for one-hot ids), ``rowed`` the layer
-    whose output cotangent is the per-row factor; ``shared_left`` says which factor indexes the
-    leaf's first axis."""
-
-    shared: str
-    rowed: str
-    shared_left: bool
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
 
 
-_DENSE = {("attn", "qkv"): "qkv", ("attn", "out"): "out", ("mlp", "up"): "up", ("mlp", "down"): "down"}
-
-
-def _keys(path) -> list[str]:
-    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-
-
-def leaf_terms(params) -> list[tuple[Term, ...] | None]:
-    """The factored terms of each leaf's gradient (``jax.tree.leaves`` order); ``None`` marks a small
-    leaf whose per-row gradient is formed exactly."""
-    tied = "unembed" not in params
-    terms = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = _keys(path)
-        if keys[0] == "blocks" and keys[4] == "kernel":
-            name = f"{keys[1]}.{_DENSE[keys[2], keys[3]]}"
-            terms.append((Term(name, name, True),))
-        elif keys[0] == "token_embed":
-            own = (Term("tokens", "embed", True),)
-            terms.append(own + (Term("logits", "logits", False),) if tied else own)
-        elif keys[0] == "pos_embed":
-            terms.append((Term("positions", "embed", True),))
-        elif keys[0] == "unembed":
-            terms.append((Term("logits", "logits", True),))
-        else:
-            terms.append(None)
+def gradient_terms(model) -> dict[str, tuple[Term, ...]]:
+    """Every factored parameter of ``model`` → its gradient terms, with tap names made absolute
+    (each module declares its own in ``gradient_terms()``; a tied embedding collects two)."""
+    terms: dict[str, tuple[Term, ...]] = {}
+    for path, module in nnx.iter_modules(model):
+        declare = getattr(module, "gradient_terms", None)
+        if declare is None:
+            continue
+        prefix = path_key(path)
+        for leaf, declared in declare().items():
+            key = _join(prefix, leaf)
+            terms[key] = terms.get(key, ()) + tuple(
+                Term(_join(prefix, t.shared), _join(prefix, t.rowed), t.shared_left)
+                for t in declared)
     return terms
 
 
-def _causal_attention(qkv, n_heads: int):
-    """Multi-head causal attention of ``model.CausalSelfAttention`` from its fused ``qkv`` output."""
-    t, d3 = qkv.shape[-2:]
-    d = d3 // 3
-    head = d // n_heads
-    q, k, v = (a.reshape(t, n_heads, head) for a in jnp.split(qkv, 3, axis=-1))
-    scores = jnp.einsum("qhd,khd->hqk", q, k) / jnp.sqrt(head).astype(qkv.dtype)
-    scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, jnp.finfo(qkv.dtype).min)
-    attn = jax.nn.softmax(scores, axis=-1)
-    return jnp.einsum("hqk,khd->qhd", attn, v).reshape(t, d)
-
-
-def output_widths(config, seq_len: int) -> dict[str, tuple[int, int]]:
-    """``{layer: (T, width)}`` of every perturbed output (the shapes of ``δ`` and of the cotangents)."""
-    d = config.d_model
-    widths = {"embed": d, "logits": config.vocab_size}
-    for i in range(config.n_layers):
-        widths.update({f"{i}.qkv": 3 * d, f"{i}.out": d, f"{i}.up": config.d_mlp, f"{i}.down": d})
-    return {name: (seq_len, w) for name, w in widths.items()}
-
-
-def tapped_logits(model, tokens, deltas):
-    """The forward pass of ``model.Transformer`` on one sequence ``[T]`` with ``deltas[name]`` added to
-    each dense output; returns the logits ``[T, V]`` and the input of each dense layer."""
-    inputs = {}
-    x = model.token_embed(tokens) + model.pos_embed(jnp.arange(tokens.shape[-1])) + deltas["embed"]
-    for i, block in enumerate(model.blocks):
-        attn, mlp = block.attn, block.mlp
-        h = inputs[f"{i}.qkv"] = block.ln1(x)
-        ctx = inputs[f"{i}.out"] = _causal_attention(attn.qkv(h) + deltas[f"{i}.qkv"], attn.n_heads)
-        x = x + attn.out(ctx) + deltas[f"{i}.out"]
-        h = inputs[f"{i}.up"] = block.ln2(x)
-        a = inputs[f"{i}.down"] = jax.nn.gelu(mlp.up(h) + deltas[f"{i}.up"])
-        x = x + mlp.down(a) + deltas[f"{i}.down"]
-    h = inputs["logits"] = model.ln_f(x)
-    w, b = model.unembedding()
-    z = h @ w + deltas["logits"]
-    return (z if b is None else z + b), inputs
-
-
-def response_token_logprobs(logits, seq: Responses):
-    """``[window]`` per-token response log-probs from the full logits, as ``logprob.token_logprobs``."""
-    t = seq.tokens.shape[-1]
-    targets = jnp.clip(seq.start + jnp.arange(seq.window), 0, t - 1)
-    logp = jax.nn.log_softmax(logits[jnp.clip(targets - 1, 0, t - 1)], axis=-1)
-    picked = jnp.take_along_axis(logp, seq.tokens[targets][:, None], axis=-1)[:, 0]
-    return jnp.where(seq.response_mask, picked, 0.0)
+def leaf_terms(graphdef, params) -> tuple[tuple[Term, ...] | None, ...]:
+    """The factored terms of each leaf's gradient (``jax.tree.leaves`` order); ``None`` marks a small
+    leaf whose per-row gradient is formed exactly."""
+    terms = gradient_terms(nnx.merge(graphdef, params))
+    return tuple(terms.get(key) for key in leaf_keys(params))
 
 
 @struct.dataclass
 class Taps:
     """What the structured products need of one sequence (leading batch axes under ``vmap``).
 
-    ``inputs[name]`` ``[T, n]``; ``cotangents[name]`` ``[R, T, m]`` (R = 1 for the sequence log-prob,
-    the response window for per-token rows); ``exact[k]`` ``[R, *shape]`` per-row gradients of the
-    small leaves; ``tokens`` ``[T]``."""
+    ``inputs[name]`` ``[T, n]`` (integer ``[T]`` for an embedding's ids); ``cotangents[name]``
+    ``[R, T, m]`` (R = 1 for the sequence log-prob, the response window for per-token rows);
+    ``exact[k]`` ``[R, *shape]`` per-row gradients of the small leaves."""
 
     inputs: dict
     cotangents: dict
     exact: list
-    tokens: jnp.ndarray
+
+
+def _flat(state) -> dict:
+    """A captured ``nnx.State`` as ``{tap name: array}``."""
+    return {path_key(path): var[...] for path, var in nnx.to_flat_state(state)}
 
 
 def record_taps(graphdef, params, seq: Responses, *, per_token: bool):
     """``(log-probs [window], Taps)`` of one sequence: one forward and one ``vjp`` (batched over the
-    ``window`` one-hot cotangents when ``per_token``) with the dense kernels held constant."""
+    ``window`` one-hot cotangents when ``per_token``) with the factored leaves held constant."""
     leaves, treedef = jax.tree.flatten(params)
-    factored = [t is not None for t in leaf_terms(params)]
-    model_config = nnx.merge(graphdef, params).config
-    deltas = {name: jnp.zeros(shape, leaves[0].dtype)
-              for name, shape in output_widths(model_config, seq.tokens.shape[-1]).items()}
+    factored = [t is not None for t in leaf_terms(graphdef, params)]
+    positions = response_positions(seq)[1]
 
-    def logprobs(small, deltas):
+    def perturbations(p, tokens):
+        return nnx.capture(nnx.merge(graphdef, p), nnx.Perturbation)(tokens, positions)[1]
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(perturbations, params, seq.tokens))
+
+    def logprobs(small, perturbation):
         it = iter(small)
-        full = [x if f else next(it) for x, f in zip(leaves, factored)]
-        model = nnx.merge(graphdef, jax.tree.unflatten(treedef, full))
-        z, inputs = tapped_logits(model, seq.tokens, deltas)
-        return response_token_logprobs(z, seq), inputs
+        full = jax.tree.unflatten(treedef, [x if f else next(it) for x, f in zip(leaves, factored)])
+        capture = nnx.capture(nnx.merge(graphdef, full), nnx.Intermediate, init=perturbation)
+        z, recorded = capture(seq.tokens, positions)
+        return picked_logprobs(z, seq), _flat(recorded)
 
     small = [x for x, f in zip(leaves, factored) if not f]
-    logp, vjp_fn, inputs = jax.vjp(logprobs, small, deltas, has_aux=True)
+    logp, vjp_fn, inputs = jax.vjp(logprobs, small, zeros, has_aux=True)
     if per_token:
         exact, cot = jax.vmap(vjp_fn)(jnp.eye(seq.window, dtype=logp.dtype))
     else:
         exact, cot = jax.tree.map(lambda g: g[None], vjp_fn(jnp.ones_like(logp)))
-    return logp, Taps(inputs, cot, exact, seq.tokens)
+    return logp, Taps(inputs, _flat(cot), exact)
 
 
 #: Columns per chunk of ``row_gram``: XLA's CPU dot of a skinny ``[N, K] · [K, N]`` product runs
@@ -195,18 +147,14 @@ def row_gram(x, y):
     return jax.lax.scan(add_chunk, gram, jnp.arange(chunks))[0]
 
 
-def _shared_factor(taps: Taps, name: str):
-    if name == "tokens":
-        return taps.tokens
-    if name == "positions":
-        return jnp.arange(taps.tokens.shape[-1])
-    return taps.inputs[name]
+def _is_ids(x) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.integer)
 
 
 def _pairwise(x, y, dtype):
     """``[..., Ta, Tb]`` products ``⟨x_s, y_t⟩`` of two factors; an integer ``[T]`` factor holds ids of
     one-hot rows."""
-    x_ids, y_ids = (jnp.issubdtype(a.dtype, jnp.integer) for a in (x, y))
+    x_ids, y_ids = _is_ids(x), _is_ids(y)
     if x_ids and y_ids:
         return (x[:, None] == y[None, :]).astype(dtype)
     if x_ids:
@@ -218,8 +166,8 @@ def _pairwise(x, y, dtype):
 
 def _term_gram(taps_a: Taps, term_a: Term, taps_b: Taps, term_b: Term):
     """``[Ra, Rb]`` inner products of one gradient term of each side (see the module docstring)."""
-    sa, ca = _shared_factor(taps_a, term_a.shared), taps_a.cotangents[term_a.rowed]
-    sb, cb = _shared_factor(taps_b, term_b.shared), taps_b.cotangents[term_b.rowed]
+    sa, ca = taps_a.inputs[term_a.shared], taps_a.cotangents[term_a.rowed]
+    sb, cb = taps_b.inputs[term_b.shared], taps_b.cotangents[term_b.rowed]
     if term_a.shared_left == term_b.shared_left:
         z = jnp.einsum("st,jtm->jsm", _pairwise(sa, sb, ca.dtype), cb)  # Z^j = (S_a S_bᵀ) C_b^j
         return ca.reshape(ca.shape[0], -1) @ z.reshape(z.shape[0], -1).T
@@ -231,9 +179,9 @@ def outer_gradient(taps: Taps, terms: tuple[Term, ...], shape: tuple[int, ...]):
     rows = taps.cotangents[terms[0].rowed].shape[0]
     grad = jnp.zeros((rows, *shape), taps.cotangents[terms[0].rowed].dtype)
     for term in terms:
-        s, c = _shared_factor(taps, term.shared), taps.cotangents[term.rowed]
-        if term.shared == "positions":  # ids 0..T-1: the first T rows
-            grad = grad.at[:, :c.shape[1]].add(c)
+        s, c = taps.inputs[term.shared], taps.cotangents[term.rowed]
+        if _is_ids(s):  # one-hot rows: scatter the cotangents into the rows of their ids
+            grad = grad.at[:, s].add(c)
         elif term.shared_left:
             grad = grad + jnp.einsum("tn,rtm->rnm", s, c)
         else:
@@ -250,21 +198,21 @@ class Features:
     dense: list
 
 
-def prepare(taps: Taps, params, plan: tuple[str, ...]) -> Features:
+def prepare(taps: Taps, params, terms, plan: tuple[str, ...]) -> Features:
     """Form the per-row gradients of the ``outer`` and ``exact`` leaves of ``plan``."""
     exact = iter(taps.exact)
     dense = []
-    for leaf, terms, how in zip(jax.tree.leaves(params), leaf_terms(params), plan):
+    for leaf, leaf_terms_k, how in zip(jax.tree.leaves(params), terms, plan):
         if how == "exact":
             dense.append(next(exact))
         elif how == "outer":
-            dense.append(outer_gradient(taps, terms, leaf.shape))
+            dense.append(outer_gradient(taps, leaf_terms_k, leaf.shape))
         else:
             dense.append(None)
     return Features(taps, dense)
 
 
-def leaf_grams(fa: Features, fb: Features, terms: list) -> jnp.ndarray:
+def leaf_grams(fa: Features, fb: Features, terms) -> jnp.ndarray:
     """``[n_leaves, Ra, Rb]`` inner products of every row of ``fa`` with every row of ``fb``, per leaf."""
     return jnp.stack([ghost_gram(fa.taps, fb.taps, leaf_terms_k) if fa.dense[k] is None
                       else row_gram(fa.dense[k], fb.dense[k])
@@ -276,47 +224,61 @@ def ghost_gram(taps_a: Taps, taps_b: Taps, terms: tuple[Term, ...]) -> jnp.ndarr
     return sum(_term_gram(taps_a, ta, taps_b, tb) for ta in terms for tb in terms)
 
 
-def _ghost_cost(terms, shape, seq_len: int, rows: int, vocab: int) -> float:
-    """Flops of one ``[R, R]`` ghost block of a leaf: ``Σ_terms² T²·n + R T² m + R² T m``."""
-    t, r = seq_len, rows
+def _pairwise_cost(x, y) -> float:
+    """Flops of ``_pairwise`` on factors of these shapes (gathers of ids cost nothing)."""
+    if _is_ids(x) or _is_ids(y):
+        return 0.0
+    batch = max(math.prod(x.shape[:-2]), math.prod(y.shape[:-2]))
+    return 2 * batch * x.shape[-2] * y.shape[-2] * x.shape[-1]
+
+
+def _ghost_cost(terms, taps: Taps) -> float:
+    """Flops of one ``[R, R]`` ghost block of a leaf from the shapes of the taps: per pair of
+    terms, ``S_a S_bᵀ`` then ``Z = (S_a S_bᵀ) C`` and ``C Zᵀ`` (``T²n + R T² m + R² T m``), or the two
+    rowed pairwise products of a tied cross term."""
     cost = 0.0
     for ta in terms:
         for tb in terms:
-            if ta.shared_left != tb.shared_left:  # tied cross term: two rowed pairwise products
-                cost += 2 * r * t * t * (vocab + shape[-1])
+            sa, ca = taps.inputs[ta.shared], taps.cotangents[ta.rowed]
+            sb, cb = taps.inputs[tb.shared], taps.cotangents[tb.rowed]
+            if ta.shared_left != tb.shared_left:
+                contraction = 2 * ca.shape[0] * cb.shape[0] * ca.shape[1] * cb.shape[1]
+                cost += _pairwise_cost(ca, sb) + _pairwise_cost(sa, cb) + contraction
                 continue
-            n = 1 if ta.shared in ("tokens", "positions") else (shape[0] if ta.shared_left
-                                                                 else shape[-1])
-            m = shape[-1] if ta.shared_left else shape[0]
-            cost += t * t * n + r * t * t * m + r * r * t * m
-    return 2 * cost
+            rows, t, m = ca.shape
+            cost += _pairwise_cost(sa, sb) + 2 * rows * t * t * m + 2 * rows * rows * t * m
+    return cost
 
 
 #: Bytes of formed per-row gradients that ``auto`` may hold at once.
 MEMORY_BUDGET = 2**30
 
 
-def plan_leaves(params, implementation: str, *, seq_len: int, rows: int, n_sequences: int,
-                n_blocks: int, memory_budget: float = MEMORY_BUDGET) -> tuple[str, ...]:
-    """Per-leaf strategy for ``n_blocks`` ``[rows, rows]`` blocks among ``n_sequences`` sequences of
-    length ``seq_len``: ``structured`` puts every factored leaf on the ghost product; ``auto`` takes,
-    per leaf, the cheaper of ghost (``n_blocks · ghost``) and outer (``n_sequences · R T n m`` to form
-    plus ``n_blocks · R² n m`` to contract) when the formed gradients fit ``memory_budget`` bytes."""
+def plan_leaves(graphdef, params, implementation: str, seq: Responses, *, per_token: bool,
+                n_sequences: int, n_blocks: int, memory_budget: float = MEMORY_BUDGET
+                ) -> tuple[str, ...]:
+    """Per-leaf strategy for ``n_blocks`` ``[R, R]`` blocks among ``n_sequences`` sequences shaped
+    like ``seq`` (one row of a batch): ``structured`` puts every factored leaf on the ghost
+    product; ``auto`` takes, per leaf, the cheaper of ghost (``n_blocks · ghost``) and outer
+    (``n_sequences`` outer products to form plus ``n_blocks · R² · size`` to contract) when the
+    formed gradients fit ``memory_budget`` bytes. Costs come from the shapes of the taps."""
     if implementation not in ("structured", "auto"):
         raise ValueError(f"implementation={implementation!r} is invalid: one of 'structured', 'auto'")
-    vocab = max(x.shape[0] for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
-                if _keys(path)[0] == "token_embed")
+    one = jax.tree.map(lambda x: x[0], seq)
+    taps = jax.eval_shape(lambda p, s: record_taps(graphdef, p, s, per_token=per_token)[1],
+                          params, one)
     plan = []
-    for leaf, terms in zip(jax.tree.leaves(params), leaf_terms(params)):
+    for leaf, terms in zip(jax.tree.leaves(params), leaf_terms(graphdef, params)):
         if terms is None:
             plan.append("exact")
             continue
-        if any(t.shared == "tokens" for t in terms):  # a scatter into V rows: ghost is cheaper
+        if any(_is_ids(taps.inputs[t.shared]) for t in terms):  # a scatter into V rows: ghost
             plan.append("ghost")
             continue
+        rows, t = taps.cotangents[terms[0].rowed].shape[:2]
         size = math.prod(leaf.shape)
-        ghost = n_blocks * _ghost_cost(terms, leaf.shape, seq_len, rows, vocab)
-        outer = 2 * (n_sequences * rows * seq_len * size * len(terms) + n_blocks * rows**2 * size)
+        ghost = n_blocks * _ghost_cost(terms, taps)
+        outer = 2 * (n_sequences * rows * t * size * len(terms) + n_blocks * rows**2 * size)
         fits = n_sequences * rows * size * leaf.dtype.itemsize <= memory_budget
         plan.append("outer" if implementation == "auto" and fits and outer < ghost else "ghost")
     return tuple(plan)

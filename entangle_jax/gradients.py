@@ -34,21 +34,23 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx, struct
 
 from entangle_jax import ghost
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.logprob import sequence_logprob, token_logprobs
+from entangle_jax.pytrees import leaf_keys, leaf_vdots
 from entangle_jax.sharding import padded_size, replicate, shard_batch
 
 #: The strategies every Gram function accepts as ``implementation=``.
 IMPLEMENTATIONS = ("materialize", "structured", "auto")
 
 
-def param_group(path: tuple) -> str:
-    """The parameter group of a leaf path: ``embeddings``, ``block{i}.attn``, ``block{i}.mlp``,
+def param_group(key: str) -> str:
+    """The parameter group of a leaf key: ``embeddings``, ``block{i}.attn``, ``block{i}.mlp``,
     ``norms`` or ``unembedding`` (a tied embedding counts under ``embeddings``)."""
-    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    keys = key.split("/")
     if any(k.startswith("ln") for k in keys):
         return "norms"
     if keys[0] in ("token_embed", "pos_embed"):
@@ -57,17 +59,12 @@ def param_group(path: tuple) -> str:
         return "unembedding"
     if keys[0] == "blocks":
         return f"block{keys[1]}.{keys[2]}"
-    raise ValueError(f"parameter {'/'.join(keys)} belongs to no known group")
+    raise ValueError(f"parameter {key} belongs to no known group")
 
 
 def leaf_groups(params) -> list[str]:
     """The group of each leaf of ``params``, in ``jax.tree.leaves`` order."""
-    return [param_group(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-
-def _leaf_dots(a, b):
-    """``[n_leaves]`` inner products of two gradient pytrees, one per leaf."""
-    return jnp.stack([jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))])
+    return [param_group(key) for key in leaf_keys(params)]
 
 
 def _leaf_gram(a, b):
@@ -140,11 +137,10 @@ def _check_implementation(implementation: str) -> None:
                          f"{', '.join(map(repr, IMPLEMENTATIONS))}")
 
 
-def _plan(params, implementation: str, seq: "Responses", *, per_token: bool, n_sequences: int,
-          n_blocks: int) -> tuple[str, ...]:
-    return ghost.plan_leaves(params, implementation, seq_len=seq.tokens.shape[-1],
-                             rows=seq.window if per_token else 1, n_sequences=n_sequences,
-                             n_blocks=n_blocks)
+def _plan(graphdef, params, implementation: str, seq: Responses, *, per_token: bool,
+          n_sequences: int, n_blocks: int) -> tuple[str, ...]:
+    return ghost.plan_leaves(graphdef, params, implementation, seq, per_token=per_token,
+                             n_sequences=n_sequences, n_blocks=n_blocks)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -154,20 +150,20 @@ def _pair_geometry_chunk(graphdef, params, pairs: Pairs):
     def one(pair: Pairs):
         logp_w, g_w = value_and_grad(params, pair.chosen)
         logp_l, g_l = value_and_grad(params, pair.rejected)
-        return (logp_w, logp_l, _leaf_dots(g_w, g_w).sum(), _leaf_dots(g_l, g_l).sum(),
-                _leaf_dots(g_w, g_l))
+        return (logp_w, logp_l, optax.tree.vdot(g_w, g_w), optax.tree.vdot(g_l, g_l),
+                leaf_vdots(g_w, g_l))
 
     return jax.vmap(one)(pairs)
 
 
 def _features(graphdef, params, seq: Responses, plan, *, per_token: bool):
     logp, taps = ghost.record_taps(graphdef, params, seq, per_token=per_token)
-    return logp, ghost.prepare(taps, params, plan)
+    return logp, ghost.prepare(taps, params, ghost.leaf_terms(graphdef, params), plan)
 
 
 @partial(jax.jit, static_argnums=(0, 3))
 def _structured_pair_geometry_chunk(graphdef, params, pairs: Pairs, plan):
-    terms = ghost.leaf_terms(params)
+    terms = ghost.leaf_terms(graphdef, params)
 
     def one(pair: Pairs):
         logp_w, f_w = _features(graphdef, params, pair.chosen, plan, per_token=False)
@@ -192,7 +188,7 @@ def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int = 32,
     if implementation == "materialize":
         fn = partial(_pair_geometry_chunk, graphdef, params)
     else:
-        plan = _plan(params, implementation, pairs.chosen, per_token=False,
+        plan = _plan(graphdef, params, implementation, pairs.chosen, per_token=False,
                      n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
         fn = lambda chunk: _structured_pair_geometry_chunk(graphdef, params, chunk, plan)  # noqa: E731
     logp_w, logp_l, sq_w, sq_l, leaf_inner = _chunked(fn, pairs, chunk_size, progress, mesh)
@@ -222,7 +218,7 @@ def _token_grams_chunk(graphdef, params, pairs: Pairs):
 
 @partial(jax.jit, static_argnums=(0, 3))
 def _structured_token_grams_chunk(graphdef, params, pairs: Pairs, plan):
-    terms = ghost.leaf_terms(params)
+    terms = ghost.leaf_terms(graphdef, params)
 
     def one(pair: Pairs):
         _, f_w = _features(graphdef, params, pair.chosen, plan, per_token=True)
@@ -245,7 +241,7 @@ def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int = 8,
     if implementation == "materialize":
         fn = partial(_token_grams_chunk, graphdef, params)
     else:
-        plan = _plan(params, implementation, pairs.chosen, per_token=True,
+        plan = _plan(graphdef, params, implementation, pairs.chosen, per_token=True,
                      n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
         fn = lambda chunk: _structured_token_grams_chunk(graphdef, params, chunk, plan)  # noqa: E731
     return TokenGrams(*_chunked(fn, pairs, chunk_size, progress, mesh))
@@ -323,10 +319,10 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
         cross_of = _jit_leaf_gram
     else:
         n_blocks = -(-n // chunk_size)
-        plan = _plan(params, implementation, batch, per_token=False,
+        plan = _plan(graphdef, params, implementation, batch, per_token=False,
                      n_sequences=chunk_size * min(2, n_blocks), n_blocks=chunk_size**2)
         block_of = lambda b: _structured_block(graphdef, params, b, plan)  # noqa: E731
-        terms = tuple(ghost.leaf_terms(params))
+        terms = ghost.leaf_terms(graphdef, params)
         cross_of = lambda a, b: _structured_cross(a, b, terms)  # noqa: E731
     # a mesh already splits each chunk over its devices; on one CPU the chunk is split into
     # sub-blocks computed side by side
@@ -398,7 +394,7 @@ def _output_layer_chunk(graphdef, params, pairs: Pairs):
         closed = (jnp.sum(p * p) - p[tok_w] - p[tok_l]) * (jnp.dot(h, h) + bias_term)
         grad_head = jax.grad(head_logprob)
         g_w, g_l = grad_head((w, b), h, tok_w), grad_head((w, b), h, tok_l)
-        return closed, _leaf_dots(g_w, g_l).sum(), p[tok_w], p[tok_l]
+        return closed, optax.tree.vdot(g_w, g_l), p[tok_w], p[tok_l]
 
     return jax.vmap(one)(pairs)
 

@@ -18,12 +18,13 @@ from flax import nnx
 from entangle_jax.data.pairs import Responses
 
 
-def logits(graphdef, params, tokens):
-    """Next-token logits ``[..., T, V]`` of the model ``nnx.merge(graphdef, params)``."""
-    return nnx.merge(graphdef, params)(tokens)
+def logits(graphdef, params, tokens, positions=None):
+    """Next-token logits ``[..., T, V]`` of the model ``nnx.merge(graphdef, params)`` (only the
+    rows at ``positions`` when given)."""
+    return nnx.merge(graphdef, params)(tokens, positions)
 
 
-def _response_positions(seq: Responses):
+def response_positions(seq: Responses):
     """Indices of the response slots and of the positions whose logits predict them."""
     t = seq.tokens.shape[-1]
     targets = jnp.clip(seq.start + jnp.arange(seq.window), 0, t - 1)
@@ -32,16 +33,21 @@ def _response_positions(seq: Responses):
 
 def response_logits(graphdef, params, seq: Responses):
     """``[window, V]`` logits that predict each response slot of one sequence."""
-    _, predictors = _response_positions(seq)
-    return logits(graphdef, params, seq.tokens)[predictors]
+    return logits(graphdef, params, seq.tokens, response_positions(seq)[1])
+
+
+def picked_logprobs(response_logits, seq: Responses):
+    """``[window]`` log-probs of the response tokens from the ``[window, V]`` logits that predict
+    them; padded slots are 0."""
+    targets, _ = response_positions(seq)
+    logp = jax.nn.log_softmax(response_logits, axis=-1)
+    picked = jnp.take_along_axis(logp, seq.tokens[targets][:, None], axis=-1)[:, 0]
+    return jnp.where(seq.response_mask, picked, 0.0)
 
 
 def token_logprobs(graphdef, params, seq: Responses):
     """``[window]`` per-token log-probs of one sequence's response; padded slots are 0."""
-    targets, _ = _response_positions(seq)
-    logp = jax.nn.log_softmax(response_logits(graphdef, params, seq), axis=-1)
-    picked = jnp.take_along_axis(logp, seq.tokens[targets][:, None], axis=-1)[:, 0]
-    return jnp.where(seq.response_mask, picked, 0.0)
+    return picked_logprobs(response_logits(graphdef, params, seq), seq)
 
 
 def sequence_logprob(graphdef, params, seq: Responses):

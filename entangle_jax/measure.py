@@ -59,7 +59,7 @@ def summarize(values: np.ndarray) -> dict:
 def measure_suffix_length(ckpt: Checkpoint, statements: Sequence[Statement], suffix_length: int,
                           window: int) -> dict:
     """Geometry of the pairs built from ``statements`` with a suffix of ``suffix_length`` tokens."""
-    pairs = sentiment_pairs(statements, ckpt.vocab, suffix_length, ckpt.model_config.max_len,
+    pairs = sentiment_pairs(statements, ckpt.tokenizer, suffix_length, ckpt.model_config.max_len,
                             window)
     geo = pair_geometry(ckpt.graphdef, ckpt.params, pairs)
     grams = token_grams(ckpt.graphdef, ckpt.params, pairs)
@@ -131,9 +131,9 @@ def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64,
                       progress: bool = True) -> dict:
     """Measure ``n_pairs`` records of a user's file (drawn without replacement for ``seed``),
     grouped by shared suffix length; the ``measure.json`` contract plus per-pair diagnostics."""
-    if ckpt.vocab != data.vocab:
+    if ckpt.tokenizer != data.vocab:
         raise CheckpointError(f"the checkpoint was trained on another vocabulary than "
-                              f"{data.config.path} builds ({len(ckpt.vocab)} vs {len(data.vocab)} "
+                              f"{data.config.path} builds ({len(ckpt.tokenizer)} vs {len(data.vocab)} "
                               "words); train it on this file (--data) with the same --vocab-size")
     if not isinstance(n_pairs, int) or n_pairs <= 0:
         raise ConfigError(f"pairs={n_pairs!r} is invalid: must be a positive integer")

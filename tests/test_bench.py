@@ -7,7 +7,7 @@ from flax import nnx
 
 from entangle_jax.bench import _add_ratios, format_table, plan_cases, run_case
 from entangle_jax.bench.configs import CONFIGS, lower_bound_flops
-from entangle_jax.model import init_model
+from entangle_jax.models import init_model
 
 
 @pytest.fixture(scope="module")

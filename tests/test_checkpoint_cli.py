@@ -13,7 +13,7 @@ from entangle_jax.logprob import batch_sequence_logprobs
 def test_checkpoint_round_trip_gives_identical_logprobs(tmp_path, tiny_ckpt, make_pairs):
     save_checkpoint(tmp_path / "ck", tiny_ckpt)
     loaded = load_checkpoint(tmp_path / "ck")
-    assert loaded.vocab == tiny_ckpt.vocab and loaded.model_config == tiny_ckpt.model_config
+    assert loaded.tokenizer == tiny_ckpt.tokenizer and loaded.model_config == tiny_ckpt.model_config
     assert loaded.sft_config == tiny_ckpt.sft_config
     pairs = make_pairs(6)
     a = batch_sequence_logprobs(tiny_ckpt.graphdef, tiny_ckpt.params, pairs.chosen)
@@ -32,7 +32,7 @@ def test_corrupt_checkpoints_raise_a_checkpoint_error(tmp_path, tiny_ckpt, damag
         (directory / "config.json").write_bytes(b"{not json")
     elif damage == "wrong_vocab":
         meta = json.loads((directory / "config.json").read_text())
-        meta["vocab"] = meta["vocab"][:-1]
+        meta["tokenizer"]["words"] = meta["tokenizer"]["words"][:-1]
         (directory / "config.json").write_text(json.dumps(meta))
     else:
         (directory / "params.npz").unlink()

@@ -11,7 +11,7 @@ from entangle_jax.config import ModelConfig
 from entangle_jax.data import response_window, sentiment_pairs
 from entangle_jax.gradients import output_layer_check, pair_geometry, token_grams
 from entangle_jax.logprob import sequence_logprob, token_logprobs
-from entangle_jax.model import init_model
+from entangle_jax.models import init_model
 
 
 def _flat(tree):

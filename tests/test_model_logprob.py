@@ -49,7 +49,7 @@ def test_single_shape_is_one_token(tiny_ckpt, make_pairs):
 
 def test_tied_embeddings_and_bias_options(tiny_data):
     from entangle_jax.config import ModelConfig
-    from entangle_jax.model import init_model
+    from entangle_jax.models import init_model
     cfg = ModelConfig(vocab_size=len(tiny_data.vocab), d_model=16, n_layers=1, n_heads=2,
                       d_mlp=32, tie_embeddings=True, unembed_bias=True)
     _, params = nnx.split(init_model(cfg))

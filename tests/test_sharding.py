@@ -19,7 +19,7 @@ CHILD = textwrap.dedent("""
     from entangle_jax.config import DataConfig, ModelConfig
     from entangle_jax.data import make_sentiment_data, response_window, sentiment_pairs
     from entangle_jax.gradients import pair_geometry, sequence_gram, token_grams
-    from entangle_jax.model import init_model
+    from entangle_jax.models import init_model
     from entangle_jax.config import SFTConfig
     from entangle_jax.sharding import batch_mesh, shard_batch
     from entangle_jax.train import PreferenceConfig, train_preference, train_sft

@@ -1,6 +1,7 @@
 """Every Gram strategy against the materialized reference and against plain per-example loops:
-the default model, a tied-embedding model with an unembedding bias, and the 4-layer width-256
-model at which jaxlib's CPU backend was seen to miscompile jit(jacrev) (DESIGN.md §3)."""
+the default model, a tied-embedding model with an unembedding bias, a small random Llama (rotary
+grouped-query attention, gated MLP, RMSNorm, tied embedding), and the 4-layer width-256 model at
+which jaxlib's CPU backend was seen to miscompile jit(jacrev) (docs/design.md)."""
 
 import jax
 import numpy as np
@@ -8,12 +9,13 @@ import pytest
 from flax import nnx
 
 from entangle_jax import ghost, gradients
-from entangle_jax.config import ModelConfig
+from entangle_jax.config import LlamaConfig, ModelConfig
 from entangle_jax.data import response_window, sentiment_pairs
 from entangle_jax.gradients import (IMPLEMENTATIONS, _structured_pair_geometry_chunk,
                                     pair_geometry, pairs_as_responses, sequence_gram, token_grams)
+from entangle_jax.data.pairs import Responses
 from entangle_jax.logprob import logits, sequence_logprob, token_logprobs
-from entangle_jax.model import init_model
+from entangle_jax.models import init_model
 
 FAST = ("structured", "auto")
 
@@ -22,10 +24,16 @@ def _flat(tree):
     return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
 
 
-@pytest.fixture(scope="module", params=["default", "tied_bias"])
+def _config(name: str, vocab_size: int):
+    if name == "llama":
+        return LlamaConfig(vocab_size=vocab_size, max_len=32)
+    return ModelConfig(vocab_size=vocab_size, tie_embeddings=name == "tied_bias",
+                       unembed_bias=name == "tied_bias")
+
+
+@pytest.fixture(scope="module", params=["default", "tied_bias", "llama"])
 def model(request, tiny_data):
-    cfg = ModelConfig(vocab_size=len(tiny_data.vocab), tie_embeddings=request.param == "tied_bias",
-                      unembed_bias=request.param == "tied_bias")
+    cfg = _config(request.param, len(tiny_data.vocab))
     graphdef, params = nnx.split(init_model(cfg, seed=3))
     pairs = sentiment_pairs(tiny_data.eval[:3], tiny_data.vocab, 4, cfg.max_len,
                             response_window(tiny_data.config))
@@ -37,15 +45,21 @@ def _close(actual, expected, scale, tol=2e-5):
 
 
 def test_tapped_forward_reproduces_the_models_log_probs(model):
+    """The taps come from the model's own forward pass: recording them changes no log-prob,
+    every factored leaf's factors are recorded, and a plain call records nothing."""
     graphdef, params, pairs = model
     seq = pairs.chosen[0]
-    logp, _ = ghost.record_taps(graphdef, params, seq, per_token=True)
+    logp, taps = ghost.record_taps(graphdef, params, seq, per_token=True)
     np.testing.assert_allclose(logp, token_logprobs(graphdef, params, seq), rtol=1e-6, atol=1e-6)
-    deltas = {k: np.zeros(s, np.float32)
-              for k, s in ghost.output_widths(nnx.merge(graphdef, params).config,
-                                              seq.tokens.shape[-1]).items()}
-    z, _ = ghost.tapped_logits(nnx.merge(graphdef, params), seq.tokens, deltas)
-    np.testing.assert_allclose(z, logits(graphdef, params, seq.tokens), rtol=1e-6, atol=1e-6)
+    for terms in ghost.leaf_terms(graphdef, params):
+        for term in terms or ():
+            assert term.shared in taps.inputs and term.rowed in taps.cotangents
+            assert taps.cotangents[term.rowed].shape[0] == seq.window
+    model_ = nnx.merge(graphdef, params)
+    z = model_(seq.tokens)
+    assert not any(hasattr(m, "__captures__") for _, m in nnx.iter_modules(model_))
+    np.testing.assert_array_equal(z, logits(graphdef, params, seq.tokens))
+    assert nnx.state(model_, nnx.Intermediate) == nnx.State({})
 
 
 @pytest.mark.parametrize("strategy", ["ghost", "outer"])
@@ -53,12 +67,15 @@ def test_every_leaf_product_matches_jax_grad(model, strategy):
     """Per leaf, ⟨∇_leaf f_a, ∇_leaf f_b⟩ from the taps (ghost products, or the outer products
     where a leaf allows them) equals the product of the leaf's jax.grad."""
     graphdef, params, pairs = model
-    terms = ghost.leaf_terms(params)
+    terms = ghost.leaf_terms(graphdef, params)
+    taps = [ghost.record_taps(graphdef, params, s, per_token=False)[1]
+            for s in (pairs.chosen[1], pairs.rejected[1])]
+    ids = {k for k, x in taps[0].inputs.items() if np.issubdtype(x.dtype, np.integer)}
     plan = tuple("exact" if t is None else
-                 ("ghost" if strategy == "ghost" or any(x.shared == "tokens" for x in t) else "outer")
+                 ("ghost" if strategy == "ghost" or any(x.shared in ids for x in t) else "outer")
                  for t in terms)
-    feats = [ghost.prepare(ghost.record_taps(graphdef, params, s, per_token=False)[1], params, plan)
-             for s in (pairs.chosen[1], pairs.rejected[1])]
+    assert "exact" in plan and (strategy == "ghost" or "outer" in plan)
+    feats = [ghost.prepare(t, params, terms, plan) for t in taps]
     got = np.asarray(ghost.leaf_grams(feats[0], feats[1], terms))[:, 0, 0]
     grad = jax.grad(sequence_logprob, argnums=1)
     g_w, g_l = grad(graphdef, params, pairs.chosen[1]), grad(graphdef, params, pairs.rejected[1])
@@ -139,15 +156,22 @@ def test_auto_sequence_gram_forms_gradients_only_within_the_budget(model, monkey
     assert {"ghost", "outer", "exact"} <= set(calls[0])
 
 
+def _responses(seq_len: int) -> Responses:
+    return Responses(np.ones((1, seq_len), np.int32), np.array([seq_len - 1], np.int32),
+                     np.array([1], np.int32), 1)
+
+
 def test_auto_plan_mixes_ghost_and_outer_by_cost():
     """Long sequences and few blocks favour forming Xᵀ G; many blocks of short rows favour ghost."""
     cfg = ModelConfig(vocab_size=64, max_len=64, d_model=32, n_layers=1, n_heads=2, d_mlp=64)
-    params = nnx.split(init_model(cfg))[1]
-    few = ghost.plan_leaves(params, "auto", seq_len=64, rows=1, n_sequences=64, n_blocks=64 * 64)
-    many = ghost.plan_leaves(params, "auto", seq_len=2, rows=1, n_sequences=64, n_blocks=64 * 64)
-    assert "outer" in few and "outer" not in many
-    assert ghost.plan_leaves(params, "structured", seq_len=64, rows=1, n_sequences=64,
-                             n_blocks=64 * 64).count("outer") == 0
+    graphdef, params = nnx.split(init_model(cfg))
+
+    def plan(implementation, seq_len):
+        return ghost.plan_leaves(graphdef, params, implementation, _responses(seq_len),
+                                 per_token=False, n_sequences=64, n_blocks=64 * 64)
+
+    assert "outer" in plan("auto", 64) and "outer" not in plan("auto", 2)
+    assert plan("structured", 64).count("outer") == 0
 
 
 def test_no_recompilation_across_suffix_lengths_or_pair_counts(tiny_data, model):

@@ -26,7 +26,7 @@ from entangle_jax.bench.configs import CONFIGS, flop_params, lower_bound_flops
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.gradients import pair_geometry, pairs_as_responses, sequence_gram, token_grams
 from entangle_jax.logprob import logits, sequence_logprob, token_logprobs
-from entangle_jax.model import count_params, init_model
+from entangle_jax.models import count_params, init_model
 
 #: Fast cases repeat beyond ``repeats`` until this many seconds are timed (at most
 #: ``MAX_REPEATS`` calls), so a median of milliseconds rests on many calls.

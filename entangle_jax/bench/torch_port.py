@@ -1,6 +1,6 @@
 """The same transformer in PyTorch, for the peer comparison: a pure function of a dict of tensors
 holding the JAX model's weights (``from_jax``), so ``torch.func.vmap(grad)`` and ``jacrev`` run on
-exactly the architecture and weights of ``entangle_jax.model`` (checked by ``max_logprob_gap``).
+exactly the architecture and weights of ``entangle_jax.models.tiny`` (checked by ``max_logprob_gap``).
 
 Linear kernels keep the JAX layout ``[in, out]`` (``y = x @ K + b``); LayerNorm eps 1e-5; GELU tanh
 approximation (``jax.nn.gelu``'s default); learned positions; unembedding ``W [d, V]`` or ``Eᵀ``.

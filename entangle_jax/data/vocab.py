@@ -11,6 +11,8 @@ SPECIAL_TOKENS = (PAD, BOS, UNK)
 class Vocab:
     """An ordered word list; id 0 is padding, 1 begins a sequence, 2 stands for unknown words."""
 
+    kind = "words"
+
     def __init__(self, words: Iterable[str]):
         seen: dict[str, int] = {}
         for word in (*SPECIAL_TOKENS, *words):
@@ -51,3 +53,10 @@ class Vocab:
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.words[int(i)] for i in ids]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "words": list(self.words)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Vocab":
+        return cls(data["words"])

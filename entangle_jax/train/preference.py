@@ -129,7 +129,7 @@ def preference_pairs(ckpt: Checkpoint, suffix_length: int, probe_size: int = 64,
     window = response_window(ckpt.data_config)
 
     def make(statements):
-        return sentiment_pairs(statements, ckpt.vocab, suffix_length, ckpt.model_config.max_len,
+        return sentiment_pairs(statements, ckpt.tokenizer, suffix_length, ckpt.model_config.max_len,
                                window)
 
     return make(data.train), make(data.eval[:probe_size])

@@ -42,7 +42,7 @@ from entangle_jax.data.vocab import SPECIAL_TOKENS
 from entangle_jax.guards import check_finite, finite_flags
 from entangle_jax.io import atomic_write_text
 from entangle_jax.logprob import lm_loss
-from entangle_jax.model import init_model
+from entangle_jax.models import init_model
 from entangle_jax.provenance import json_hash
 
 METRICS = "metrics.jsonl"

@@ -9,20 +9,17 @@ computation on them, and the context's construction, must run inside ``precision
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from functools import cached_property
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from entangle_jax.checkpoint import Checkpoint
 from entangle_jax.data.pairs import Pairs, sentiment_pairs
 from entangle_jax.data.sentiment import SentimentData, make_sentiment_data, response_window
 from entangle_jax.gradients import OutputLayerCheck, PairGeometry, TokenGrams, output_layer_check
 from entangle_jax.gradients import pair_geometry, token_grams
-from entangle_jax.model import init_model
+from entangle_jax.models import in_precision
 from entangle_jax.verify.ntk import SentimentNTK, sentiment_ntk
 from entangle_jax.verify.regimes import Regime, VerifySettings
 
@@ -39,12 +36,8 @@ class ModelContext:
 
     def __init__(self, ckpt: Checkpoint, regime: Regime, seed: int, settings: VerifySettings):
         self.ckpt, self.regime, self.seed, self.settings = ckpt, regime, seed, settings
-        # the graph of a model built in the run's precision: a float32 graph would still cast the
-        # embedding table to float32 inside the forward pass
-        config = dataclasses.replace(ckpt.model_config, param_dtype=settings.precision)
-        self.graphdef = nnx.split(init_model(config))[0]
-        dtype = jnp.float64 if settings.precision == "float64" else jnp.float32
-        self.params = jax.tree.map(lambda x: jnp.asarray(x, dtype), ckpt.params)
+        _, self.graphdef, self.params = in_precision(ckpt.model_config, ckpt.params,
+                                                     settings.precision)
         self._pairs: dict[int, Pairs] = {}
         self._geometry: dict[int, PairGeometry] = {}
         self._grams: dict[int, TokenGrams] = {}
@@ -70,7 +63,7 @@ class ModelContext:
         if suffix_length not in self._pairs:
             statements = self.data.eval[:self.settings.n_pairs]
             self._pairs[suffix_length] = sentiment_pairs(
-                statements, self.ckpt.vocab, suffix_length, self.ckpt.model_config.max_len,
+                statements, self.ckpt.tokenizer, suffix_length, self.ckpt.model_config.max_len,
                 response_window(self.data.config))
         return self._pairs[suffix_length]
 

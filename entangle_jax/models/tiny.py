@@ -15,20 +15,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 from entangle_jax.config import ModelConfig
+from entangle_jax.models.base import CausalLM
+from entangle_jax.models.layers import Dense, Embedding, causal_softmax
+from entangle_jax.models.layers import param_dtype as _dtype
 
 _INIT = nnx.initializers.normal(stddev=0.02)
-
-
-def _dtype(config: ModelConfig):
-    return jnp.float64 if config.param_dtype == "float64" else jnp.float32
 
 
 class CausalSelfAttention(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         d, dt = config.d_model, _dtype(config)
         self.n_heads = config.n_heads
-        self.qkv = nnx.Linear(d, 3 * d, kernel_init=_INIT, param_dtype=dt, rngs=rngs)
-        self.out = nnx.Linear(d, d, kernel_init=_INIT, param_dtype=dt, rngs=rngs)
+        self.qkv = Dense(d, 3 * d, kernel_init=_INIT, param_dtype=dt, rngs=rngs)
+        self.out = Dense(d, d, kernel_init=_INIT, param_dtype=dt, rngs=rngs)
 
     def __call__(self, x):
         *batch, t, d = x.shape
@@ -36,19 +35,17 @@ class CausalSelfAttention(nnx.Module):
         q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
         q, k, v = (a.reshape(*batch, t, self.n_heads, head) for a in (q, k, v))
         scores = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.sqrt(head).astype(x.dtype)
-        causal = jnp.tril(jnp.ones((t, t), bool))
-        scores = jnp.where(causal, scores, jnp.finfo(x.dtype).min)
-        attn = jax.nn.softmax(scores, axis=-1)
+        attn = causal_softmax(scores)
         return self.out(jnp.einsum("...hqk,...khd->...qhd", attn, v).reshape(*batch, t, d))
 
 
 class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         dt = _dtype(config)
-        self.up = nnx.Linear(config.d_model, config.d_mlp, kernel_init=_INIT, param_dtype=dt,
-                             rngs=rngs)
-        self.down = nnx.Linear(config.d_mlp, config.d_model, kernel_init=_INIT, param_dtype=dt,
-                               rngs=rngs)
+        self.up = Dense(config.d_model, config.d_mlp, kernel_init=_INIT, param_dtype=dt,
+                        rngs=rngs)
+        self.down = Dense(config.d_mlp, config.d_model, kernel_init=_INIT, param_dtype=dt,
+                          rngs=rngs)
 
     def __call__(self, x):
         return self.down(jax.nn.gelu(self.up(x)))
@@ -67,15 +64,15 @@ class Block(nnx.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class Transformer(nnx.Module):
+class Transformer(CausalLM):
     """Token ids ``[..., T]`` → next-token logits ``[..., T, V]``."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         dt = _dtype(config)
         self.config = config
-        self.token_embed = nnx.Embed(config.vocab_size, config.d_model, embedding_init=_INIT,
+        self.token_embed = Embedding(config.vocab_size, config.d_model, embedding_init=_INIT,
                                      param_dtype=dt, rngs=rngs)
-        self.pos_embed = nnx.Embed(config.max_len, config.d_model, embedding_init=_INIT,
+        self.pos_embed = Embedding(config.max_len, config.d_model, embedding_init=_INIT,
                                    param_dtype=dt, rngs=rngs)
         self.blocks = nnx.List([Block(config, rngs) for _ in range(config.n_layers)])
         self.ln_f = nnx.LayerNorm(config.d_model, epsilon=1e-5, param_dtype=dt, rngs=rngs)
@@ -83,6 +80,8 @@ class Transformer(nnx.Module):
             _INIT(rngs.params(), (config.d_model, config.vocab_size), dt))
         self.unembed_bias = (nnx.Param(jnp.zeros((config.vocab_size,), dt))
                              if config.unembed_bias else None)
+        self.unembedding_path = ("token_embed/embedding" if config.tie_embeddings
+                                 else "unembed")
 
     def features(self, tokens):
         """The final hidden states ``h = LN_f(h_K)`` ``[..., T, d]`` that the unembedding reads."""
@@ -95,16 +94,3 @@ class Transformer(nnx.Module):
         """``(W, b)``: logits = h @ W + b; ``W`` is ``Eᵀ`` when tied, ``b`` is None without a bias."""
         w = self.token_embed.embedding[...].T if self.unembed is None else self.unembed[...]
         return w, None if self.unembed_bias is None else self.unembed_bias[...]
-
-    def __call__(self, tokens):
-        w, b = self.unembedding()
-        logits = self.features(tokens) @ w
-        return logits if b is None else logits + b
-
-
-def init_model(config: ModelConfig, seed: int = 0) -> Transformer:
-    return Transformer(config, nnx.Rngs(params=seed))
-
-
-def count_params(params) -> int:
-    return sum(int(x.size) for x in jax.tree.leaves(params))
