@@ -440,11 +440,11 @@ def report_pairs(ckpt, suffix_length: int | None, n_pairs: int) -> Pairs:
     """The first ``n_pairs`` eval pairs of a sentiment checkpoint with ``suffix_length``, or the
     first ``n_pairs`` records of a user-data checkpoint (``suffix_length`` None)."""
     if ckpt.user_data is not None:
-        from entangle_jax.data.userdata import load_from_config, user_pairs
+        from entangle_jax.data.userdata import encode_pairs, load_from_config
 
         data = load_from_config(ckpt.user_data)
-        return user_pairs(data, range(min(n_pairs, len(data.records))),
-                          ckpt.model_config.max_len)[0]
+        return encode_pairs(data, ckpt.tokenizer, range(min(n_pairs, len(data.records))),
+                            ckpt.model_config.max_len).pairs
     if ckpt.data_config is None:
         raise ConfigError("the checkpoint records no data config; the report needs its pairs")
     from entangle_jax.data.pairs import sentiment_pairs

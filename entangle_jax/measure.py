@@ -35,7 +35,8 @@ from entangle_jax.config import ConfigError, to_dict
 from entangle_jax.data.pairs import sentiment_pairs
 from entangle_jax.data.sentiment import (Statement, make_sentiment_data, response_window,
                                          response_words)
-from entangle_jax.data.userdata import PreferenceData, user_pairs
+from entangle_jax.data.userdata import PreferenceData, encode_pairs, pair_diffs
+from entangle_jax.data.vocab import Vocab
 from entangle_jax.gradients import pair_geometry, token_grams
 from entangle_jax.guards import check_array_finite
 from entangle_jax.provenance import provenance
@@ -130,42 +131,46 @@ def _user_summary(records: list[dict]) -> dict:
 def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64, seed: int = 0,
                       progress: bool = True) -> dict:
     """Measure ``n_pairs`` records of a user's file (drawn without replacement for ``seed``),
-    grouped by shared suffix length; the ``measure.json`` contract plus per-pair diagnostics."""
-    if ckpt.tokenizer != data.vocab:
+    grouped by shared suffix length; the ``measure.json`` contract plus per-pair diagnostics and
+    the encoding's counts (``encoding``: records drawn, pairs kept, truncations)."""
+    if isinstance(ckpt.tokenizer, Vocab) and ckpt.tokenizer != data.vocab:
         raise CheckpointError(f"the checkpoint was trained on another vocabulary than "
-                              f"{data.config.path} builds ({len(ckpt.tokenizer)} vs {len(data.vocab)} "
-                              "words); train it on this file (--data) with the same --vocab-size")
+                              f"{data.config.path} builds ({len(ckpt.tokenizer)} vs "
+                              f"{len(data.vocab)} words); train it on this file (--data) with the "
+                              "same --vocab-size")
     if not isinstance(n_pairs, int) or n_pairs <= 0:
         raise ConfigError(f"pairs={n_pairs!r} is invalid: must be a positive integer")
     if n_pairs > len(data.records):
         raise ConfigError(f"pairs={n_pairs} is invalid: {data.config.path} holds only "
                           f"{len(data.records)} usable pairs")
-    idx = sorted(int(i) for i in np.random.default_rng(seed).choice(len(data.records), n_pairs,
-                                                                     replace=False))
-    pairs, dropped = user_pairs(data, idx, ckpt.model_config.max_len)
-    bar = tqdm(total=2 * n_pairs, desc="measure", disable=not progress, leave=False)
+    drawn = sorted(int(i) for i in np.random.default_rng(seed).choice(len(data.records), n_pairs,
+                                                                       replace=False))
+    encoded = encode_pairs(data, ckpt.tokenizer, drawn, ckpt.model_config.max_len)
+    pairs, idx = encoded.pairs, encoded.indices
+    n = len(idx)
+    bar = tqdm(total=2 * n, desc="measure", disable=not progress, leave=False)
     geo = pair_geometry(ckpt.graphdef, ckpt.params, pairs,
                         progress=lambda done: bar.update(done - bar.n))
     grams = token_grams(ckpt.graphdef, ckpt.params, pairs,
-                        progress=lambda done: bar.update(n_pairs + done - bar.n))
+                        progress=lambda done: bar.update(n + done - bar.n))
     bar.close()
     where = [data.records[i].where for i in idx]
     for name, values in (("log π_w", geo.logp_w), ("log π_l", geo.logp_l),
                          ("‖g_w‖²", geo.sq_norm_w), ("‖g_l‖²", geo.sq_norm_l),
                          ("⟨g_w, g_l⟩", geo.inner)):
         check_array_finite(name, values, where)
-    diffs = data.diffs()
+    diffs = pair_diffs(pairs)
     groups = geo.group_inner()
     by_suffix: dict[int, list[dict]] = {}
     for k, i in enumerate(idx):
-        record, diff = data.records[i], diffs[i]
+        record, diff = data.records[i], diffs[k]
         gram = grams.cross[k, :diff.chosen_length, :diff.rejected_length].astype(float)
         blocks = _blocks(gram, diff)
         first = (float(gram[diff.prefix, diff.prefix])
                  if diff.chosen_span and diff.rejected_span else None)
         by_suffix.setdefault(diff.suffix, []).append({
-            "prompt": " ".join(record.prompt), "chosen": " ".join(record.chosen),
-            "rejected": " ".join(record.rejected), "where": record.where,
+            "prompt": record.prompt_text, "chosen": record.chosen,
+            "rejected": record.rejected, "where": record.where, "fields": dict(record.fields),
             "logp_w": float(geo.logp_w[k]), "logp_l": float(geo.logp_l[k]),
             "sq_norm_w": float(geo.sq_norm_w[k]), "sq_norm_l": float(geo.sq_norm_l[k]),
             "inner": float(geo.inner[k]), "cosine": float(geo.cosine[k]),
@@ -174,7 +179,9 @@ def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64,
             "diff": diff.as_dict(), "block_inner": blocks,
             "span_inner": blocks[1][1], "suffix_inner": blocks[2][2],
             "shared_inner": float(gram.sum()) - blocks[1][1],
-            "first_diff_inner": first, "prompt_tokens_dropped": int(dropped[k]),
+            "first_diff_inner": first,
+            "prompt_tokens_dropped": int(encoded.prompt_dropped[k]),
+            "response_truncated": bool(encoded.response_cut[k]),
         })
     results = [{"suffix_length": length, "n_pairs": len(by_suffix[length]),
                 "summary": _user_summary(by_suffix[length]), "pairs": by_suffix[length]}
@@ -186,6 +193,7 @@ def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64,
               "source": "data", "n_records": len(data.records)}
     return {"config": config, "results": results,
             "overall": {"n_pairs": len(everything), "summary": _user_summary(everything)},
+            "encoding": {**encoded.summary(n_pairs), "skipped_pairs": list(encoded.skipped)},
             "skipped_records": list(data.skipped), "provenance": provenance(config)}
 
 

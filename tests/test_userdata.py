@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entangle_jax.config import ModelConfig, SFTConfig
-from entangle_jax.data.userdata import (DataError, build_vocab, fit_prompt, load_user_data,
-                                        read_records, token_diff, tokenize, user_pairs)
+from entangle_jax.data.records import DataError, read_records, tokenize
+from entangle_jax.data.userdata import (build_vocab, encode_pairs, fit_prompt, load_user_data,
+                                        pair_diffs, token_diff)
 from entangle_jax.logprob import token_logprobs
 from entangle_jax.measure import format_table, measure_user_data
 from entangle_jax.train.sft import train_sft
@@ -38,8 +39,10 @@ def write_jsonl(path, records):
 def test_standard_jsonl_is_tokenized_into_words_and_punctuation(tmp_path):
     records, skipped = read_records(write_jsonl(tmp_path / "p.jsonl", PAIRS))
     assert skipped == [] and len(records) == 3
-    assert records[0].prompt == ("What", "is", "the", "capital", "of", "France", "?")
-    assert records[0].chosen == ("It", "is", "Paris", ",", "I", "believe", ".")
+    prompt, chosen, _ = records[0].words()
+    assert prompt == ("What", "is", "the", "capital", "of", "France", "?")
+    assert chosen == ("It", "is", "Paris", ",", "I", "believe", ".")
+    assert records[0].chosen == "It is Paris, I believe." and not records[0].conversational
     assert [r.where for r in records] == [f"{tmp_path / 'p.jsonl'}:{k}" for k in (1, 2, 3)]
 
 
@@ -52,10 +55,12 @@ def test_conversational_records_take_the_last_assistant_turn(tmp_path):
     implicit = {"chosen": turns + [{"role": "assistant", "content": "Paris."}],
                 "rejected": turns + [{"role": "assistant", "content": "Rome."}], "id": 7}
     a, b = read_records(write_jsonl(tmp_path / "c.jsonl", [explicit, implicit]))[0]
-    assert a.prompt == tuple(tokenize("user : Capital of France?"))
-    assert (a.chosen, a.rejected) == (("Paris", "."), ("Rome", "."))
-    assert b.prompt == tuple(tokenize("system : Be brief. user : Capital of France?"))
-    assert (b.chosen, b.rejected) == (("Paris", "."), ("Rome", "."))
+    assert a.words() == (tuple(tokenize("user : Capital of France?")), ("Paris", "."),
+                         ("Rome", "."))
+    assert b.words() == (tuple(tokenize("system : Be brief. user : Capital of France?")),
+                         ("Paris", "."), ("Rome", "."))
+    assert b.turns == (("system", "Be brief."), ("user", "Capital of France?"))
+    assert b.fields == (("id", 7),) and (a.chosen, a.rejected) == ("Paris.", "Rome.")
 
 
 def test_csv_json_array_json_lines_and_a_byte_order_mark_read_the_same(tmp_path):
@@ -69,8 +74,7 @@ def test_csv_json_array_json_lines_and_a_byte_order_mark_read_the_same(tmp_path)
     write_jsonl(tmp_path / "l.json", PAIRS)
     for name in ("p.csv", "a.json", "l.json"):
         got = read_records(tmp_path / name)[0]
-        assert [(r.prompt, r.chosen, r.rejected) for r in got] == \
-            [(r.prompt, r.chosen, r.rejected) for r in expected]
+        assert [r.words() for r in got] == [r.words() for r in expected]
     assert [r.where.rsplit(":", 1)[1] for r in read_records(tmp_path / "p.csv")[0]] == \
         ["2", "3", "4"]
 
@@ -79,7 +83,7 @@ def test_vocabulary_keeps_the_most_frequent_words_and_maps_the_rest_to_unk(tmp_p
     records = read_records(write_jsonl(tmp_path / "p.jsonl", PAIRS))[0]
     counts = {}
     for r in records:
-        for w in r.prompt + r.chosen + r.rejected:
+        for w in sum(r.words(), ()):
             counts[w] = counts.get(w, 0) + 1
     vocab = build_vocab(records, 10)
     assert len(vocab) == 10 and vocab.words[:3] == ("<pad>", "<bos>", "<unk>")
@@ -120,29 +124,31 @@ def test_context_rule_keeps_the_end_of_the_prompt_and_refuses_long_responses():
         fit_prompt(prompt, 8, seq_len=8, where="x.jsonl:4")
 
 
-def test_user_pairs_encode_bos_prompt_response(tmp_path):
+def test_encode_pairs_writes_bos_prompt_response_for_a_word_vocabulary(tmp_path):
     data = load_user_data(write_jsonl(tmp_path / "p.jsonl", PAIRS))
-    pairs, dropped = user_pairs(data, [0, 2], seq_len=12)
+    encoded = encode_pairs(data, data.vocab, [0, 2], max_len=12)
+    pairs, dropped = encoded.pairs, encoded.prompt_dropped
+    assert encoded.indices == (0, 2) and not encoded.response_cut.any()
     for row, i in enumerate([0, 2]):
-        r = data.records[i]
-        longest = max(len(r.chosen), len(r.rejected))
-        prompt = r.prompt[max(0, len(r.prompt) - (12 - 1 - longest)):]
-        assert dropped[row] == len(r.prompt) - len(prompt)
-        for resp, words in ((pairs.chosen, r.chosen), (pairs.rejected, r.rejected)):
+        prompt_words, chosen, rejected = data.records[i].words()
+        longest = max(len(chosen), len(rejected))
+        prompt = prompt_words[max(0, len(prompt_words) - (12 - 1 - longest)):]
+        assert dropped[row] == len(prompt_words) - len(prompt)
+        for resp, words in ((pairs.chosen, chosen), (pairs.rejected, rejected)):
             tokens = np.asarray(resp.tokens[row])
             n = 1 + len(prompt) + len(words)
             assert data.vocab.decode(tokens[:n]) == ["<bos>", *prompt, *words]
             assert (tokens[n:] == data.vocab.pad_id).all()
             assert int(resp.start[row]) == 1 + len(prompt)
             assert int(resp.length[row]) == len(words)
-    assert pairs.chosen.window == data.window == max(
-        max(len(r.chosen), len(r.rejected)) for r in data.records)
+    assert pairs.chosen.window == max(max(len(w) for w in data.records[i].words()[1:])
+                                      for i in (0, 2))
 
 
 def test_example_file_is_valid_and_has_shared_tails():
     data = load_user_data(EXAMPLE)
     assert 200 <= len(data.records) <= 500 and data.skipped == ()
-    diffs = data.diffs()
+    diffs = pair_diffs(encode_pairs(data, data.vocab, range(len(data.records)), 64).pairs)
     assert all(d.chosen_span + d.rejected_span > 0 for d in diffs)
     assert np.mean([d.chosen_span <= 3 and d.rejected_span <= 3 for d in diffs]) > 0.8
     assert len({d.suffix for d in diffs}) >= 6 and max(d.suffix for d in diffs) >= 8
@@ -183,7 +189,7 @@ def test_measure_user_data_diagnostics_match_per_token_gradients(user_ckpt_and_d
                                    gram[n_w - d["suffix"]:, n_l - d["suffix"]:].sum(), atol=1e-9)
         # independent: ⟨∇ log π(y_w,i), ∇ log π(y_l,i)⟩ at the first differing token i
         k, i = by_where[p["where"]], p["diff"]["prefix"]
-        pair = user_pairs(data, [k], ckpt.model_config.max_len)[0][0]
+        pair = encode_pairs(data, ckpt.tokenizer, [k], ckpt.model_config.max_len).pairs[0]
         g_w, g_l = grad_token(ckpt.params, pair.chosen, i), grad_token(ckpt.params, pair.rejected, i)
         direct = sum(float(np.vdot(a, b)) for a, b in zip(jax.tree.leaves(g_w),
                                                          jax.tree.leaves(g_l)))

@@ -23,8 +23,8 @@ from entangle_jax.cli import UsageError, build_parser, main
 from entangle_jax.cli.common import configs_from_args
 from entangle_jax.config import ConfigError, DataConfig, ModelConfig, SFTConfig
 from entangle_jax.data import make_sentiment_data
-from entangle_jax.data.userdata import (DataError, UserDataConfig, load_user_data,
-                                        read_records)
+from entangle_jax.data.records import DataError, read_records
+from entangle_jax.data.userdata import UserDataConfig, load_user_data
 from entangle_jax.guards import NonFiniteError, check_array_finite
 from entangle_jax.logprob import logits, token_logprobs
 from entangle_jax.objectives import get_objective, known_names
@@ -198,8 +198,9 @@ records = st.dictionaries(st.sampled_from(["prompt", "chosen", "rejected", "choo
 
 def _check_valid(result):
     for r in result:
-        assert r.chosen and r.rejected and r.chosen != r.rejected
-        assert all(w and not any(c.isspace() for c in w) for w in r.prompt + r.chosen + r.rejected)
+        prompt, chosen, rejected = r.words()
+        assert chosen and rejected and r.chosen != r.rejected
+        assert all(w and not any(c.isspace() for c in w) for w in prompt + chosen + rejected)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

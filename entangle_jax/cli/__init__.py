@@ -13,7 +13,7 @@ import sys
 
 from entangle_jax.checkpoint import CheckpointError
 from entangle_jax.config import ConfigError
-from entangle_jax.data.userdata import DataError
+from entangle_jax.data.records import DataError
 from entangle_jax.guards import NonFiniteError
 
 #: Subcommand name → module under ``entangle_jax.cli`` (imported only when that command runs).

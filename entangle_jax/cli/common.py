@@ -108,12 +108,25 @@ def user_data_from_args(args, model_config: ModelConfig):
     return data
 
 
-def report_user_data(data, model_config: ModelConfig) -> None:
-    from entangle_jax.data.userdata import check_context
+def report_user_data(data, model_config, tokenizer=None) -> None:
+    """Validate every pair of ``data`` for the model that will read it (``tokenizer``; by default
+    the word vocabulary a model trained on the file gets) before any work, and report on stderr
+    what was skipped or truncated."""
+    from entangle_jax.data.userdata import encode_pairs
 
     for message in data.skipped:
         warn(f"skipped {message}")
-    truncated = check_context(data, model_config.max_len)
-    if truncated:
-        warn(f"{truncated} of {len(data.records)} prompts are longer than the context of "
-             f"{model_config.max_len} tokens allows; they keep their last tokens (--max-len)")
+    encoded = encode_pairs(data, data.vocab if tokenizer is None else tokenizer,
+                           range(len(data.records)), model_config.max_len)
+    for message in encoded.skipped:
+        warn(f"skipped {message}")
+    counts = encoded.summary(len(data.records))
+    if counts["prompts_truncated"]:
+        budget = data.config.max_prompt_tokens
+        warn(f"{counts['prompts_truncated']} of {len(data.records)} prompts are longer than the "
+             f"context of {model_config.max_len} tokens allows"
+             + ("" if budget is None else f" or --max-prompt-tokens {budget}")
+             + "; they keep their last tokens")
+    if counts["responses_truncated"]:
+        warn(f"{counts['responses_truncated']} of {len(data.records)} pairs have a response "
+             "longer than --max-response-tokens; it keeps its first tokens")

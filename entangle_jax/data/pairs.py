@@ -36,6 +36,15 @@ class Responses:
     def __getitem__(self, index) -> "Responses":
         return Responses(self.tokens[index], self.start[index], self.length[index], self.window)
 
+    def prompt_ids(self, row: int) -> list[int]:
+        """The ids before the response of one row of a batch (host values)."""
+        return np.asarray(self.tokens[row])[:int(self.start[row])].tolist()
+
+    def response_ids(self, row: int) -> list[int]:
+        """The response ids of one row of a batch (host values)."""
+        start = int(self.start[row])
+        return np.asarray(self.tokens[row])[start:start + int(self.length[row])].tolist()
+
 
 @struct.dataclass
 class Pairs:
@@ -51,26 +60,43 @@ class Pairs:
         return Pairs(self.chosen[index], self.rejected[index])
 
 
-def encode_responses(vocab: Vocab, prompts: Sequence[Sequence[str]],
-                     responses: Sequence[Sequence[str]], seq_len: int, window: int) -> Responses:
-    """Encode prompt/response word lists into a padded ``Responses`` batch of length ``seq_len``."""
+def pack_responses(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                   seq_len: int, window: int, pad_id: int) -> Responses:
+    """A padded ``Responses`` batch of ``prompt + response`` id sequences of length ``seq_len``
+    (each response 1..``window`` ids; the caller has fitted the prompts)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    tokens = np.full((len(prompts), seq_len), vocab.pad_id, np.int32)
+    tokens = np.full((len(prompts), seq_len), pad_id, np.int32)
     start = np.zeros(len(prompts), np.int32)
     length = np.zeros(len(prompts), np.int32)
     for row, (prompt, response) in enumerate(zip(prompts, responses)):
-        ids = [vocab.bos_id, *vocab.encode(prompt)]
-        rid = vocab.encode(response)
-        if not rid or len(rid) > window:
-            raise ConfigError(f"response {' '.join(response)!r} has {len(rid)} tokens; allowed "
-                              f"1..{window}")
-        if len(ids) + len(rid) > seq_len:
-            raise ConfigError(f"sequence of {len(ids) + len(rid)} tokens does not fit the "
-                              f"model's context of {seq_len} (prompt {' '.join(prompt)!r})")
-        tokens[row, :len(ids) + len(rid)] = ids + rid
-        start[row], length[row] = len(ids), len(rid)
+        if not response or len(response) > window:
+            raise ConfigError(f"a response has {len(response)} tokens; allowed 1..{window}")
+        if not prompt:
+            raise ConfigError("a sequence needs at least one token before its response")
+        if len(prompt) + len(response) > seq_len:
+            raise ConfigError(f"sequence of {len(prompt) + len(response)} tokens does not fit "
+                              f"the length {seq_len}")
+        tokens[row, :len(prompt) + len(response)] = [*prompt, *response]
+        start[row], length[row] = len(prompt), len(response)
     return Responses(jnp.asarray(tokens), jnp.asarray(start), jnp.asarray(length), window)
+
+
+def encode_responses(vocab: Vocab, prompts: Sequence[Sequence[str]],
+                     responses: Sequence[Sequence[str]], seq_len: int, window: int) -> Responses:
+    """Encode prompt/response word lists into a padded ``Responses`` batch of length ``seq_len``
+    (``<bos>`` first)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    for prompt, response in zip(prompts, responses):
+        if not response or len(response) > window:
+            raise ConfigError(f"response {' '.join(response)!r} has {len(response)} tokens; "
+                              f"allowed 1..{window}")
+        if 1 + len(prompt) + len(response) > seq_len:
+            raise ConfigError(f"sequence of {1 + len(prompt) + len(response)} tokens does not "
+                              f"fit the model's context of {seq_len} (prompt {' '.join(prompt)!r})")
+    return pack_responses([[vocab.bos_id, *vocab.encode(p)] for p in prompts],
+                          [vocab.encode(r) for r in responses], seq_len, window, vocab.pad_id)
 
 
 def sentiment_pairs(statements: Sequence[Statement], vocab: Vocab, suffix_length: int,

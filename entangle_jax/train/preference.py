@@ -113,11 +113,12 @@ def preference_pairs(ckpt: Checkpoint, suffix_length: int, probe_size: int = 64,
     trained with ``--data``) has no split: all its pairs train, and the probes are a fixed sample
     of ``probe_size`` of them (drawn with ``seed``); ``suffix_length`` does not apply."""
     if ckpt.user_data is not None:
-        from entangle_jax.data.userdata import load_from_config, user_pairs
+        from entangle_jax.data.userdata import encode_pairs, load_from_config
 
         data = load_from_config(ckpt.user_data)
-        n = len(data.records)
-        train, _ = user_pairs(data, range(n), ckpt.model_config.max_len)
+        train = encode_pairs(data, ckpt.tokenizer, range(len(data.records)),
+                             ckpt.model_config.max_len).pairs
+        n = len(train)
         pick = np.random.default_rng([seed, 4]).choice(n, min(probe_size, n), replace=False)
         return train, train[np.sort(pick)]
     if ckpt.data_config is None:
