@@ -37,3 +37,11 @@ def make_pairs(tiny_data, tiny_ckpt):
         return sentiment_pairs(tiny_data.eval[:n], tiny_data.vocab, suffix_length,
                                tiny_ckpt.model_config.max_len, response_window(tiny_data.config))
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct, converted from its GGUF once into the cache (ENTANGLE_JAX_CACHE)."""
+    from entangle_jax.pretrained import load_pretrained
+
+    return load_pretrained()
