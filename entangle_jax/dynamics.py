@@ -1,7 +1,7 @@
 """The gradient condition: how one update moves log π_w and log π_l, predicted and measured.
 
 For one pair and a gradient-descent step of size η on its loss, ``θ' = θ + η u`` with
-``u = d_w g_w − d_l g_l`` (DESIGN.md §1.2), and to first order
+``u = d_w g_w − d_l g_l`` (docs/design.md §1.2), and to first order
 
     Δlog π_w ≈ η ⟨g_w, u⟩ = η (d_w ‖g_w‖² − d_l ⟨g_w, g_l⟩)
     Δlog π_l ≈ η ⟨g_l, u⟩ = η (d_w ⟨g_w, g_l⟩ − d_l ‖g_l‖²)
@@ -81,7 +81,7 @@ def case_fractions(case) -> dict[str, float]:
 
 @struct.dataclass
 class GradientCondition:
-    """The gradient condition of DESIGN.md §1.2 for each pair ``[B]``.
+    """The gradient condition of docs/design.md §1.2 for each pair ``[B]``.
 
     ``delta_w``/``delta_l`` are the first-order changes for the step size ``lr``. The thresholds
     ``threshold_w = (d_w/d_l)‖g_w‖²`` and ``threshold_l = (d_l/d_w)‖g_l‖²`` and the margins

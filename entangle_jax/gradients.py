@@ -400,7 +400,7 @@ def _output_layer_chunk(graphdef, params, pairs: Pairs):
 
 
 def output_layer_check(graphdef, params, pairs: Pairs, *, chunk_size: int = 64) -> OutputLayerCheck:
-    """The output-layer identity of DESIGN.md §1.3 at the sentiment token of every pair:
+    """The output-layer identity of docs/design.md §1.3 at the sentiment token of every pair:
 
         ⟨∇_W log p_w, ∇_W log p_l⟩ = (Σ_i p_i² − p_w − p_l) ‖h‖²   (+ the same factor for a bias),
 

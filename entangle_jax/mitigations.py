@@ -9,7 +9,7 @@ which a loop descends through any optax optimizer, so every method composes with
 the probes of ``dynamics.step_check``. Three methods:
 
 - ``Plain(objective)``: ``c = d`` on every token — the objective's own gradient.
-- ``PairwiseNormalized(objective)`` (DESIGN.md §1.4): ``u_b = d_w g_w/‖g_w‖ − d_l g_l/‖g_l‖``, so
+- ``PairwiseNormalized(objective)`` (docs/design.md §1.4): ``u_b = d_w g_w/‖g_w‖ − d_l g_l/‖g_l‖``, so
   to first order ``Δlog π_w = η ‖g_w‖ (d_w − d_l cos)`` and ``Δlog π_l = −η ‖g_l‖ (d_l − d_w cos)``:
   case 1 iff ``cos < min(d_w/d_l, d_l/d_w)`` — for every pair when ``d_w = d_l`` (DPO, IPO, R-DPO,
   SimPO with equal lengths), where ``Δlog π_w ∝ ‖g_w‖(1 − cos) ≥ 0`` and

@@ -1,6 +1,6 @@
 """Figure 4: the gradient-condition plane, and how the pairs move on it during DPO training.
 
-For one pair and one gradient step on its DPO loss (DESIGN.md §1.2), log π_w falls iff
+For one pair and one gradient step on its DPO loss (docs/design.md §1.2), log π_w falls iff
 ``⟨g_w, g_l⟩ > (d_w/d_l)‖g_w‖²`` and log π_l rises iff ``⟨g_w, g_l⟩ > (d_l/d_w)‖g_l‖²``. Each eval
 pair is a point at the two normalized ratios
 

@@ -3,7 +3,7 @@ from the same model on the same long-suffix pairs with the same seed and optimiz
 annotated with the objective's d_w/d_l.
 
 A step moves log π_w by ``η (d_w‖g_w‖² − d_l⟨g_w,g_l⟩)`` and log π_l by ``η (d_w⟨g_w,g_l⟩ −
-d_l‖g_l‖²)`` (DESIGN.md §1.1–1.2): an objective with d_w/d_l > 1 (an explicit term on log π_w, as in
+d_l‖g_l‖²)`` (docs/design.md §1.1–1.2): an objective with d_w/d_l > 1 (an explicit term on log π_w, as in
 CPO, SLiC-HF, DPOP, RRHF, ORPO, SPPO) lets log π_w rise where DPO's d_w = d_l lets it fall — the
 paper's explanation of why the algorithms differ. The ratio is the mean d_w over the mean d_l of a
 step's batch (log metrics ``weights/d_w``, ``weights/d_l``), at the first and the last step.

@@ -103,7 +103,7 @@ def test_token_gram_matches_a_per_token_loop_and_sums_to_inner(tiny_ckpt, make_p
 
 
 def test_token_gram_on_a_4_layer_width_256_model(tiny_data):
-    """The size at which jaxlib's CPU backend was seen to miscompile jit(jacrev) (DESIGN.md §3)."""
+    """The size at which jaxlib's CPU backend was seen to miscompile jit(jacrev) (docs/design.md §3)."""
     cfg = ModelConfig(vocab_size=len(tiny_data.vocab), d_model=256, n_layers=4, n_heads=4,
                       d_mlp=1024)
     graphdef, params = nnx.split(init_model(cfg, seed=1))

@@ -1,5 +1,5 @@
 """``entangle dynamics``: one-step prediction vs. actual change of log π_w, log π_l, per objective
-and pair shape (DESIGN.md §1.2)."""
+and pair shape (docs/design.md §1.2)."""
 
 from __future__ import annotations
 

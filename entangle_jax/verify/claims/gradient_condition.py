@@ -1,4 +1,4 @@
-"""The gradient condition (DESIGN.md §1.2) against real DPO steps, and a short real DPO run.
+"""The gradient condition (docs/design.md §1.2) against real DPO steps, and a short real DPO run.
 
 For each pair of the paper's three shapes (L = 0, 2, 6: single, short, long; ``VerifySettings.
 shapes``) the DPO update of that

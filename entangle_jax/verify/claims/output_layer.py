@@ -1,6 +1,6 @@
 """The output-layer identity and the full-parameter eNTK form of ⟨g_w, g_l⟩ at the sentiment token.
 
-Two exact identities, each computed two independent ways (DESIGN.md §1.3):
+Two exact identities, each computed two independent ways (docs/design.md §1.3):
 
 1. restricted to the unembedding W (h held fixed), ``⟨∇_W log p_w, ∇_W log p_l⟩ = (Σ_i p_i² − p_w −
    p_l)‖h‖²`` (``gradients.output_layer_check``: closed form vs autodiff), on every pair;
