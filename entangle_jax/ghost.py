@@ -28,6 +28,7 @@ flop count from the shapes of the taps, under a memory budget.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -76,11 +77,15 @@ class Taps:
 
     ``inputs[name]`` ``[T, n]`` (integer ``[T]`` for an embedding's ids); ``cotangents[name]``
     ``[R, T, m]`` (R = 1 for the sequence log-prob, the response window for per-token rows);
-    ``exact[k]`` ``[R, *shape]`` per-row gradients of the small leaves."""
+    ``exact[i]`` ``[R, *shape]`` per-row gradient of small leaf ``i`` (index in
+    ``jax.tree.leaves`` order)."""
 
     inputs: dict
     cotangents: dict
-    exact: list
+    exact: dict
+
+    def __getitem__(self, index) -> "Taps":
+        return jax.tree.map(lambda x: x[index], self)
 
 
 def _flat(state) -> dict:
@@ -88,33 +93,84 @@ def _flat(state) -> dict:
     return {path_key(path): var[...] for path, var in nnx.to_flat_state(state)}
 
 
-def record_taps(graphdef, params, seq: Responses, *, per_token: bool):
-    """``(log-probs [window], Taps)`` of one sequence: one forward and one ``vjp`` (batched over the
-    ``window`` one-hot cotangents when ``per_token``) with the factored leaves held constant."""
+def _stage_small_leaves(graphdef, params) -> list[tuple[int, ...]]:
+    """For each stage of the model's chain, the indices of the small (exactly differentiated)
+    leaves it owns; every small leaf belongs to one stage."""
+    model = nnx.merge(graphdef, params)
+    keys = leaf_keys(params)
+    small = [i for i, t in enumerate(leaf_terms(graphdef, params)) if t is None]
+    owned = []
+    for k in range(model.n_stages):
+        prefixes = model.stage_params(k)
+        owned.append(tuple(i for i in small if any(keys[i] == p or keys[i].startswith(p + "/")
+                                                   for p in prefixes)))
+    counts = [sum(i in stage for stage in owned) for i in small]
+    if counts != [1] * len(small):
+        orphan = next(keys[i] for i, c in zip(small, counts) if c != 1)
+        raise ValueError(f"parameter {orphan} belongs to {max(counts)} stages; each small "
+                         "parameter must belong to exactly one (CausalLM.stage_params)")
+    return owned
+
+
+def stream_taps(graphdef, params, seqs: Responses, *, per_token: bool):
+    """Run the model's chain forward on a batch of sequences ``[S, T]`` (all factored leaves held
+    constant), then its backward pass stage by stage from the head down; yields
+    ``(log-probs [S, window], Taps)`` per stage, each ``Taps`` holding that stage's taps with a
+    leading sequence axis ``[S, …]`` (cotangents ``[S, R, T, m]``). Only one stage's per-row
+    cotangents exist at a time, whatever the model's depth. ``per_token`` takes one row per
+    response token (``R`` = window), else the sequence log-prob (``R`` = 1)."""
     leaves, treedef = jax.tree.flatten(params)
-    factored = [t is not None for t in leaf_terms(graphdef, params)]
-    positions = response_positions(seq)[1]
+    owned = _stage_small_leaves(graphdef, params)
+    n_stages = nnx.merge(graphdef, params).n_stages
+    positions = jax.vmap(lambda s: response_positions(s)[1])(seqs)
 
-    def perturbations(p, tokens):
-        return nnx.capture(nnx.merge(graphdef, p), nnx.Perturbation)(tokens, positions)[1]
+    def run(k, small, perturbation, x, seq, pos):
+        """Stage ``k`` of one sequence with its small leaves ``small`` as inputs."""
+        full = list(leaves)
+        for i, value in zip(owned[k], small):
+            full[i] = value
+        model = nnx.merge(graphdef, jax.tree.unflatten(treedef, full))
+        capture = nnx.capture(lambda m, x: m.stage(k, x, seq.tokens, pos), nnx.Intermediate,
+                              init=perturbation)
+        y, recorded = capture(model, x)
+        return (picked_logprobs(y, seq) if k == n_stages - 1 else y), _flat(recorded)
 
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                         jax.eval_shape(perturbations, params, seq.tokens))
+    def zeros_of(k, x):
+        def shapes(seq, pos, x):
+            model = nnx.merge(graphdef, params)
+            return nnx.capture(lambda m, x: m.stage(k, x, seq.tokens, pos),
+                               nnx.Perturbation)(model, x)[1]
+        spec = jax.eval_shape(jax.vmap(shapes), seqs, positions, x)
+        return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), spec)
 
-    def logprobs(small, perturbation):
-        it = iter(small)
-        full = jax.tree.unflatten(treedef, [x if f else next(it) for x, f in zip(leaves, factored)])
-        capture = nnx.capture(nnx.merge(graphdef, full), nnx.Intermediate, init=perturbation)
-        z, recorded = capture(seq.tokens, positions)
-        return picked_logprobs(z, seq), _flat(recorded)
+    n_seqs = seqs.tokens.shape[0]
+    x, backward = None, []
+    for k in range(n_stages):
+        small = [jnp.broadcast_to(leaves[i], (n_seqs, *leaves[i].shape)) for i in owned[k]]
+        stage = jax.vmap(partial(run, k))
+        x, vjp_fn, recorded = jax.vjp(lambda sm, pe, xx: stage(sm, pe, xx, seqs, positions),
+                                      small, zeros_of(k, x), x, has_aux=True)
+        backward.append((vjp_fn, recorded))
+    logp = x
+    rows = (jnp.eye(seqs.window, dtype=logp.dtype) if per_token
+            else jnp.ones((1, seqs.window), logp.dtype))
+    cotangent = jnp.broadcast_to(rows[:, None, :], (rows.shape[0], *logp.shape))
+    for k in reversed(range(n_stages)):
+        vjp_fn, recorded = backward[k]
+        exact, cot, cotangent = jax.vmap(vjp_fn)(cotangent)
+        to_rows = partial(jnp.swapaxes, axis1=0, axis2=1)  # [R, S, …] → [S, R, …]
+        yield logp, Taps(recorded, {name: to_rows(c) for name, c in _flat(cot).items()},
+                         {i: to_rows(g) for i, g in zip(owned[k], exact)})
 
-    small = [x for x, f in zip(leaves, factored) if not f]
-    logp, vjp_fn, inputs = jax.vjp(logprobs, small, zeros, has_aux=True)
-    if per_token:
-        exact, cot = jax.vmap(vjp_fn)(jnp.eye(seq.window, dtype=logp.dtype))
-    else:
-        exact, cot = jax.tree.map(lambda g: g[None], vjp_fn(jnp.ones_like(logp)))
-    return logp, Taps(inputs, _flat(cot), exact)
+
+def record_taps(graphdef, params, seq: Responses, *, per_token: bool):
+    """``(log-probs [window], Taps)`` of one sequence: every stage's taps (``stream_taps``)."""
+    inputs, cotangents, exact = {}, {}, {}
+    for logp, taps in stream_taps(graphdef, params, seq[None], per_token=per_token):
+        inputs.update(taps.inputs)
+        cotangents.update(taps.cotangents)
+        exact.update(taps.exact)
+    return logp[0], Taps(inputs, cotangents, exact)[0]
 
 
 #: Columns per chunk of ``row_gram``: XLA's CPU dot of a skinny ``[N, K] · [K, N]`` product runs
@@ -200,11 +256,10 @@ class Features:
 
 def prepare(taps: Taps, params, terms, plan: tuple[str, ...]) -> Features:
     """Form the per-row gradients of the ``outer`` and ``exact`` leaves of ``plan``."""
-    exact = iter(taps.exact)
     dense = []
-    for leaf, leaf_terms_k, how in zip(jax.tree.leaves(params), terms, plan):
+    for i, (leaf, leaf_terms_k, how) in enumerate(zip(jax.tree.leaves(params), terms, plan)):
         if how == "exact":
-            dense.append(next(exact))
+            dense.append(taps.exact[i])
         elif how == "outer":
             dense.append(outer_gradient(taps, leaf_terms_k, leaf.shape))
         else:
@@ -222,6 +277,49 @@ def leaf_grams(fa: Features, fb: Features, terms) -> jnp.ndarray:
 def ghost_gram(taps_a: Taps, taps_b: Taps, terms: tuple[Term, ...]) -> jnp.ndarray:
     """``[Ra, Rb]`` ghost inner products of one factored leaf's per-row gradients."""
     return sum(_term_gram(taps_a, ta, taps_b, tb) for ta in terms for tb in terms)
+
+
+def _leaf_gram(taps_a: Taps, taps_b: Taps, i: int, terms, how: str, shape):
+    """``[Ra, Rb]`` products of leaf ``i``'s per-row gradients by its planned strategy."""
+    if how == "exact":
+        return row_gram(taps_a.exact[i], taps_b.exact[i])
+    if how == "outer":
+        return row_gram(outer_gradient(taps_a, terms, shape), outer_gradient(taps_b, terms, shape))
+    return ghost_gram(taps_a, taps_b, terms)
+
+
+def pair_leaf_grams(graphdef, params, pair, plan: tuple[str, ...], *, per_token: bool):
+    """``(log π_w [window], log π_l [window], grams [3, n_leaves, R, R])`` of one pair, the grams
+    being the per-leaf products (chosen × rejected, chosen × chosen, rejected × rejected) of the
+    per-row gradients, computed while the backward pass streams through the model's stages: each
+    leaf is contracted as soon as the stages that record its factors are done, and a stage's taps
+    are dropped once no remaining leaf needs them."""
+    terms = leaf_terms(graphdef, params)
+    shapes = [x.shape for x in jax.tree.leaves(params)]
+    seqs = jax.tree.map(lambda a, b: jnp.stack([a, b]), pair.chosen, pair.rejected)
+    pending = set(range(len(terms)))
+    available = Taps({}, {}, {})
+    grams = [None] * len(terms)
+    for logp, taps in stream_taps(graphdef, params, seqs, per_token=per_token):
+        available = Taps({**available.inputs, **taps.inputs},
+                         {**available.cotangents, **taps.cotangents},
+                         {**available.exact, **taps.exact})
+        for i in sorted(pending):
+            ready = (i in available.exact if terms[i] is None else
+                     all(t.shared in available.inputs and t.rowed in available.cotangents
+                         for t in terms[i]))
+            if not ready:
+                continue
+            w, l = available[0], available[1]
+            grams[i] = jnp.stack([_leaf_gram(a, b, i, terms[i], plan[i], shapes[i])
+                                  for a, b in ((w, l), (w, w), (l, l))])
+            pending.discard(i)
+        needed = {name for i in pending for t in (terms[i] or ()) for name in (t.shared, t.rowed)}
+        available = Taps({k: v for k, v in available.inputs.items() if k in needed},
+                         {k: v for k, v in available.cotangents.items() if k in needed}, {})
+    if pending:
+        raise ValueError(f"{len(pending)} parameters got no taps from any stage")
+    return logp[0], logp[1], jnp.stack(grams, axis=1)
 
 
 def _pairwise_cost(x, y) -> float:

@@ -77,6 +77,24 @@ def _check_chunk_size(chunk_size: int) -> None:
         raise ValueError(f"chunk_size={chunk_size} is invalid: must be a positive integer")
 
 
+def chunk_for_budget(graphdef, params, seq: Responses, implementation: str, *, per_token: bool,
+                     cap: int, budget: float | None = None) -> int:
+    """The most pairs (at most ``cap``, at least 1) whose working memory fits ``budget`` bytes
+    (``ghost.MEMORY_BUDGET``): per pair, two responses' per-row gradients (``materialize``:
+    R · P floats each) or their taps (a pair's per-row cotangents and layer inputs, which the
+    streamed backward holds a stage at a time; counted whole, an upper bound)."""
+    budget = ghost.MEMORY_BUDGET if budget is None else budget
+    rows = seq.window if per_token else 1
+    if implementation == "materialize":
+        per_pair = 2 * rows * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    else:
+        one = jax.tree.map(lambda x: x[0], seq)
+        taps = jax.eval_shape(lambda p, s: ghost.record_taps(graphdef, p, s,
+                                                             per_token=per_token)[1], params, one)
+        per_pair = 2 * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(taps))
+    return int(max(1, min(cap, budget // per_pair)))
+
+
 def _on_mesh(params, chunk_size: int, mesh):
     """Parameters replicated over ``mesh`` and the chunk size rounded up to a multiple of its
     devices (unchanged without a mesh)."""
@@ -163,27 +181,28 @@ def _features(graphdef, params, seq: Responses, plan, *, per_token: bool):
 
 @partial(jax.jit, static_argnums=(0, 3))
 def _structured_pair_geometry_chunk(graphdef, params, pairs: Pairs, plan):
-    terms = ghost.leaf_terms(graphdef, params)
-
     def one(pair: Pairs):
-        logp_w, f_w = _features(graphdef, params, pair.chosen, plan, per_token=False)
-        logp_l, f_l = _features(graphdef, params, pair.rejected, plan, per_token=False)
-        block = lambda a, b: ghost.leaf_grams(a, b, terms)[:, 0, 0]  # noqa: E731
-        return logp_w.sum(), logp_l.sum(), block(f_w, f_w).sum(), block(f_l, f_l).sum(), \
-            block(f_w, f_l)
+        logp_w, logp_l, grams = ghost.pair_leaf_grams(graphdef, params, pair, plan,
+                                                      per_token=False)
+        cross, chosen, rejected = grams[:, :, 0, 0]
+        return logp_w.sum(), logp_l.sum(), chosen.sum(), rejected.sum(), cross
 
     return jax.vmap(one)(pairs)
 
 
-def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int = 32,
+def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None,
                   progress: Callable | None = None, implementation: str = "materialize",
                   mesh=None) -> PairGeometry:
     """log π_w, log π_l, ‖g_w‖², ‖g_l‖², ⟨g_w, g_l⟩ (and its split by leaf) for every pair.
 
     Memory is bounded by ``chunk_size`` pairs: their gradients (2 · chunk_size · P floats) with
-    ``materialize``, their layer inputs and output cotangents with ``structured``. With a
-    ``mesh`` (``sharding.batch_mesh()``) each chunk is split over its devices."""
+    ``materialize``, their layer inputs and output cotangents with ``structured``; by default the
+    most that fit ``ghost.MEMORY_BUDGET``, up to 32. With a ``mesh`` (``sharding.batch_mesh()``)
+    each chunk is split over its devices."""
     _check_implementation(implementation)
+    if chunk_size is None:
+        chunk_size = chunk_for_budget(graphdef, params, pairs.chosen, implementation,
+                                      per_token=False, cap=32)
     params, chunk_size = _on_mesh(params, chunk_size, mesh)
     if implementation == "materialize":
         fn = partial(_pair_geometry_chunk, graphdef, params)
@@ -218,25 +237,26 @@ def _token_grams_chunk(graphdef, params, pairs: Pairs):
 
 @partial(jax.jit, static_argnums=(0, 3))
 def _structured_token_grams_chunk(graphdef, params, pairs: Pairs, plan):
-    terms = ghost.leaf_terms(graphdef, params)
-
     def one(pair: Pairs):
-        _, f_w = _features(graphdef, params, pair.chosen, plan, per_token=True)
-        _, f_l = _features(graphdef, params, pair.rejected, plan, per_token=True)
-        gram = lambda a, b: ghost.leaf_grams(a, b, terms).sum(0)  # noqa: E731
-        return gram(f_w, f_l), gram(f_w, f_w), gram(f_l, f_l)
+        cross, chosen, rejected = ghost.pair_leaf_grams(graphdef, params, pair, plan,
+                                                        per_token=True)[2].sum(1)
+        return cross, chosen, rejected
 
     return jax.vmap(one)(pairs)
 
 
-def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int = 8,
+def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None,
                 progress: Callable | None = None, implementation: str = "materialize",
                 mesh=None) -> TokenGrams:
     """Token-wise Gram matrices of every pair; memory is bounded by ``chunk_size`` pairs'
     per-token Jacobians (2 · chunk_size · R · P floats) with ``materialize``, by their per-token
-    output cotangents (2 · chunk_size · R · T · Σ widths) with ``structured``. With a ``mesh``
+    output cotangents (2 · chunk_size · R · T · Σ widths) with ``structured``; by default the
+    most that fit ``ghost.MEMORY_BUDGET``, up to 8. With a ``mesh``
     each chunk is split over its devices."""
     _check_implementation(implementation)
+    if chunk_size is None:
+        chunk_size = chunk_for_budget(graphdef, params, pairs.chosen, implementation,
+                                      per_token=True, cap=8)
     params, chunk_size = _on_mesh(params, chunk_size, mesh)
     if implementation == "materialize":
         fn = partial(_token_grams_chunk, graphdef, params)

@@ -120,6 +120,16 @@ def _blocks(gram: np.ndarray, diff) -> list[list[float]]:
              for b in range(3)] for a in range(3)]
 
 
+def _token_diagnostics(gram: np.ndarray, diff) -> dict:
+    """The token-level split of ⟨g_w, g_l⟩ over the pair's diff (module docstring)."""
+    blocks = _blocks(gram, diff)
+    first = (float(gram[diff.prefix, diff.prefix])
+             if diff.chosen_span and diff.rejected_span else None)
+    return {"token_gram": gram.tolist(), "block_inner": blocks, "span_inner": blocks[1][1],
+            "suffix_inner": blocks[2][2], "shared_inner": float(gram.sum()) - blocks[1][1],
+            "first_diff_inner": first}
+
+
 def _user_summary(records: list[dict]) -> dict:
     summary = {key: _summary_or_null([r[key] for r in records])
                for key in ("inner", "cosine", "sq_norm_w", "sq_norm_l", "span_inner",
@@ -129,10 +139,15 @@ def _user_summary(records: list[dict]) -> dict:
 
 
 def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64, seed: int = 0,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, token_gram_pairs: int | None = None,
+                      implementation: str = "auto") -> dict:
     """Measure ``n_pairs`` records of a user's file (drawn without replacement for ``seed``),
     grouped by shared suffix length; the ``measure.json`` contract plus per-pair diagnostics and
-    the encoding's counts (``encoding``: records drawn, pairs kept, truncations)."""
+    the encoding's counts (``encoding``: records drawn, pairs kept, truncations).
+
+    Token-wise Grams (and the diagnostics built on them) cost one backward pass per response
+    token; ``token_gram_pairs`` limits them to the first pairs drawn (all when None): the others
+    carry ``token_gram`` and its diagnostics as null."""
     if isinstance(ckpt.tokenizer, Vocab) and ckpt.tokenizer != data.vocab:
         raise CheckpointError(f"the checkpoint was trained on another vocabulary than "
                               f"{data.config.path} builds ({len(ckpt.tokenizer)} vs "
@@ -148,11 +163,14 @@ def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64,
     encoded = encode_pairs(data, ckpt.tokenizer, drawn, ckpt.model_config.max_len)
     pairs, idx = encoded.pairs, encoded.indices
     n = len(idx)
-    bar = tqdm(total=2 * n, desc="measure", disable=not progress, leave=False)
-    geo = pair_geometry(ckpt.graphdef, ckpt.params, pairs,
+    n_grams = n if token_gram_pairs is None else min(n, token_gram_pairs)
+    bar = tqdm(total=n + n_grams, desc="measure", disable=not progress, leave=False)
+    geo = pair_geometry(ckpt.graphdef, ckpt.params, pairs, implementation=implementation,
                         progress=lambda done: bar.update(done - bar.n))
-    grams = token_grams(ckpt.graphdef, ckpt.params, pairs,
-                        progress=lambda done: bar.update(n + done - bar.n))
+    grams = (token_grams(ckpt.graphdef, ckpt.params, pairs[:n_grams],
+                         implementation=implementation,
+                         progress=lambda done: bar.update(n + done - bar.n))
+             if n_grams else None)
     bar.close()
     where = [data.records[i].where for i in idx]
     for name, values in (("log π_w", geo.logp_w), ("log π_l", geo.logp_l),
@@ -164,22 +182,20 @@ def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64,
     by_suffix: dict[int, list[dict]] = {}
     for k, i in enumerate(idx):
         record, diff = data.records[i], diffs[k]
-        gram = grams.cross[k, :diff.chosen_length, :diff.rejected_length].astype(float)
-        blocks = _blocks(gram, diff)
-        first = (float(gram[diff.prefix, diff.prefix])
-                 if diff.chosen_span and diff.rejected_span else None)
+        if k < n_grams:
+            gram = grams.cross[k, :diff.chosen_length, :diff.rejected_length].astype(float)
+            token = _token_diagnostics(gram, diff)
+        else:
+            token = dict.fromkeys(("token_gram", "block_inner", "span_inner", "suffix_inner",
+                                   "shared_inner", "first_diff_inner"))
         by_suffix.setdefault(diff.suffix, []).append({
             "prompt": record.prompt_text, "chosen": record.chosen,
             "rejected": record.rejected, "where": record.where, "fields": dict(record.fields),
             "logp_w": float(geo.logp_w[k]), "logp_l": float(geo.logp_l[k]),
             "sq_norm_w": float(geo.sq_norm_w[k]), "sq_norm_l": float(geo.sq_norm_l[k]),
             "inner": float(geo.inner[k]), "cosine": float(geo.cosine[k]),
-            "token_gram": gram.tolist(),
             "groups": {g: float(v[k]) for g, v in groups.items()},
-            "diff": diff.as_dict(), "block_inner": blocks,
-            "span_inner": blocks[1][1], "suffix_inner": blocks[2][2],
-            "shared_inner": float(gram.sum()) - blocks[1][1],
-            "first_diff_inner": first,
+            "diff": diff.as_dict(), **token,
             "prompt_tokens_dropped": int(encoded.prompt_dropped[k]),
             "response_truncated": bool(encoded.response_cut[k]),
         })
@@ -190,7 +206,8 @@ def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64,
     config = {"model": to_dict(ckpt.model_config), "data": to_dict(data.config),
               "sft": None if ckpt.sft_config is None else to_dict(ckpt.sft_config),
               "n_pairs": n_pairs, "seed": seed, "suffix_lengths": sorted(by_suffix),
-              "source": "data", "n_records": len(data.records)}
+              "source": "data", "n_records": len(data.records), "token_gram_pairs": n_grams,
+              "implementation": implementation}
     return {"config": config, "results": results,
             "overall": {"n_pairs": len(everything), "summary": _user_summary(everything)},
             "encoding": {**encoded.summary(n_pairs), "skipped_pairs": list(encoded.skipped)},
@@ -213,8 +230,9 @@ def format_user_table(report: dict) -> str:
         rows.append(f"| {r['suffix_length']} | {r['n_pairs']} "
                     f"| {s['inner']['mean']:.4g} ± {s['inner']['std']:.3g} "
                     f"| {s['inner']['frac_negative']:.2f} | {s['cosine']['mean']:.3f} "
-                    f"| {s['span_inner']['mean']:.4g} | {s['suffix_inner']['mean']:.4g} "
-                    f"| {s['shared_inner']['mean']:.4g} "
+                    f"| {_fmt(s['span_inner']['mean'], '.4g')} "
+                    f"| {_fmt(s['suffix_inner']['mean'], '.4g')} "
+                    f"| {_fmt(s['shared_inner']['mean'], '.4g')} "
                     f"| {_fmt(s['sentiment_token_inner']['mean'], '.4g')} "
                     f"| {_fmt(s['sentiment_token_inner']['frac_negative'], '.2f')} |")
     return "\n".join(rows)

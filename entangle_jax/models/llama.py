@@ -106,14 +106,13 @@ class Llama(CausalLM):
         self.ln_f = RMSNorm(config.d_model, eps=config.rms_eps, param_dtype=dt)
         self.unembedding_path = "token_embed/embedding"
 
-    def features(self, tokens):
-        """The final hidden states ``RMSNorm_f(h_K)`` ``[..., T, d]``."""
-        x = self.token_embed(tokens)
-        cos, sin = rotary_tables(tokens.shape[-1], self.config.head_dim, self.config.rope_theta,
-                                 x.dtype)
-        for block in self.blocks:
-            x = block(x, cos, sin)
-        return self.ln_f(x)
+    def embed(self, tokens):
+        return self.token_embed(tokens)
+
+    def context(self, tokens) -> tuple:
+        """The rotary tables ``(cos, sin)`` of the sequence length."""
+        return rotary_tables(tokens.shape[-1], self.config.head_dim, self.config.rope_theta,
+                             _dtype(self.config))
 
     def unembedding(self):
         return self.token_embed.embedding[...].T, None

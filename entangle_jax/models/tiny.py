@@ -83,12 +83,11 @@ class Transformer(CausalLM):
         self.unembedding_path = ("token_embed/embedding" if config.tie_embeddings
                                  else "unembed")
 
-    def features(self, tokens):
-        """The final hidden states ``h = LN_f(h_K)`` ``[..., T, d]`` that the unembedding reads."""
-        x = self.token_embed(tokens) + self.pos_embed(jnp.arange(tokens.shape[-1]))
-        for block in self.blocks:
-            x = block(x)
-        return self.ln_f(x)
+    embedding_params = ("token_embed", "pos_embed")
+    head_params = ("ln_f", "unembed", "unembed_bias")
+
+    def embed(self, tokens):
+        return self.token_embed(tokens) + self.pos_embed(jnp.arange(tokens.shape[-1]))
 
     def unembedding(self):
         """``(W, b)``: logits = h @ W + b; ``W`` is ``Eᵀ`` when tied, ``b`` is None without a bias."""
