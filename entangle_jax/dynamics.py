@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
+from flax import nnx, struct
 
+from entangle_jax import memory
 from entangle_jax.config import ConfigError
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.gradients import pair_geometry
@@ -121,21 +122,49 @@ def pair_token_logprobs(graphdef, params, pairs: Pairs):
     return one(pairs.chosen), one(pairs.rejected)
 
 
+def coefficient_surrogate(graphdef, params, pairs: Pairs, coef_w, coef_l):
+    """``(1/B) Σ_b Σ_i c_w,bi log π(y_w,b,i | …) − c_l,bi log π(y_l,b,i | …)`` with the
+    coefficients ``[B, W]`` held fixed: its gradient is the update ``u``. Traceable."""
+    tok_w, tok_l = pair_token_logprobs(graphdef, params, pairs)
+    return (jnp.sum(coef_w * tok_w) - jnp.sum(coef_l * tok_l)) / tok_w.shape[0]
+
+
 def coefficient_update(graphdef, params, pairs: Pairs, coef_w, coef_l):
     """``u = (1/B) Σ_b Σ_i c_w,bi g_w,b^i − c_l,bi g_l,b^i`` for coefficients ``[B, W]``: the
-    gradient of the coefficient-weighted log-probs (held fixed). For ``c = d`` it is minus the
-    gradient of the batch's mean objective loss. Traceable."""
-    def weighted(p):
-        tok_w, tok_l = pair_token_logprobs(graphdef, p, pairs)
-        return (jnp.sum(coef_w * tok_w) - jnp.sum(coef_l * tok_l)) / tok_w.shape[0]
-
-    return jax.grad(weighted)(params)
+    gradient of ``coefficient_surrogate``. For ``c = d`` it is minus the gradient of the batch's
+    mean objective loss. Traceable."""
+    return jax.grad(coefficient_surrogate, argnums=1)(graphdef, params, pairs, coef_w, coef_l)
 
 
-def pair_logprobs(graphdef, params, pairs: Pairs, *, chunk_size: int = 256):
-    """``([B, W], [B, W])`` per-token log-probs, in chunks of ``chunk_size`` pairs (host arrays)."""
+#: Bytes of logits a log-prob chunk may hold (a response's [window, vocab] logits and their
+#: log-softmax, per row).
+LOGITS_BUDGET = 2**30
+
+
+def _logprob_chunk(responses: Responses, vocab_size: int, cap: int = 256) -> int:
+    per_row = 3 * responses.window * vocab_size * 4
+    return int(max(1, min(cap, LOGITS_BUDGET // per_row)))
+
+
+def pair_logprobs(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None):
+    """``([B, W], [B, W])`` per-token log-probs, in chunks of ``chunk_size`` pairs (host arrays;
+    by default as many as ``LOGITS_BUDGET`` allows, up to 256)."""
+    if chunk_size is None:
+        vocab = nnx.merge(graphdef, params).config.vocab_size
+        chunk_size = max(1, _logprob_chunk(pairs.chosen, vocab) // 2)
     return _chunked(partial(pair_token_logprobs, graphdef, params), (pairs,), len(pairs),
                     chunk_size)
+
+
+_jit_batch_logprobs = jax.jit(batch_sequence_logprobs, static_argnums=0)
+
+
+def response_logprobs(graphdef, params, responses: Responses, *, chunk_size: int | None = None):
+    """``[N]`` sequence log-probs of a batch of responses, in chunks (host array)."""
+    if chunk_size is None:
+        chunk_size = _logprob_chunk(responses, nnx.merge(graphdef, params).config.vocab_size)
+    return _chunked(partial(_jit_batch_logprobs, graphdef, params), (responses,),
+                    int(responses.tokens.shape[0]), chunk_size)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -270,13 +299,27 @@ class OneStepCheck:
         }
 
 
+def _sequences_per_chunk(graphdef, params, responses: Responses, *, copies: int, passes: int,
+                         cap: int) -> int:
+    """Items per chunk when each holds ``copies`` parameter-sized arrays and the activations of
+    ``passes`` forward passes (``memory.fit``)."""
+    config = nnx.merge(graphdef, params).config
+    per_item = (copies * memory.tree_bytes(params)
+                + passes * memory.activation_bytes(config, responses.tokens.shape[-1]))
+    return memory.fit(per_item, cap)
+
+
 def step_check(graphdef, params, pairs: Pairs, coef_w, coef_l, lrs: Sequence[float] = (), *,
-               chunk_size: int = 16, progress: Callable | None = None) -> OneStepCheck:
+               chunk_size: int | None = None, progress: Callable | None = None) -> OneStepCheck:
     """For every pair alone: the update ``u = Σ_i c_w,i g_w^i − c_l,i g_l^i`` (coefficients ``[B]``,
     the same on every token, or ``[B, W]`` per token), its first-order rates ⟨g_w, u⟩, ⟨g_l, u⟩,
     and the real changes of log π_w, log π_l after ``θ + η u`` for each η in ``lrs`` (may be
-    empty: rates and geometry only)."""
+    empty: rates and geometry only). By default as many pairs at once as fit the memory budget
+    (each holds three gradients and a moved copy of the parameters per step size), up to 16."""
     n, window = len(pairs), pairs.chosen.window
+    if chunk_size is None:
+        chunk_size = _sequences_per_chunk(graphdef, params, pairs.chosen,
+                                          copies=4 + len(lrs), passes=6 + 2 * len(lrs), cap=16)
     coef_w, coef_l = np.asarray(coef_w), np.asarray(coef_l)
     uniform = coef_w.ndim == 1
     full_w = np.broadcast_to(coef_w[:, None] if uniform else coef_w, (n, window))
@@ -335,10 +378,45 @@ def auto_learning_rate(rate_w, rate_l, target_change: float = 0.05) -> float:
 # ------------------------------------------------------------------------------------------
 
 @partial(jax.jit, static_argnums=0)
-def update_changes(graphdef, params, responses: Responses, update):
-    """``(log π, ⟨∇ log π, u⟩)`` ``[B]`` for every response under the parameter update ``u``
-    (a Jacobian-vector product: the first-order change of each log-prob)."""
+def _update_changes_chunk(graphdef, params, responses: Responses, update):
     return jax.jvp(lambda p: batch_sequence_logprobs(graphdef, p, responses), (params,), (update,))
+
+
+def update_changes(graphdef, params, responses: Responses, update, *,
+                   chunk_size: int | None = None):
+    """``(log π, ⟨∇ log π, u⟩)`` ``[B]`` for every response under the parameter update ``u``
+    (a Jacobian-vector product: the first-order change of each log-prob), in chunks of responses
+    (by default as many as fit the memory budget, up to 256; host arrays)."""
+    if chunk_size is None:
+        chunk_size = _sequences_per_chunk(graphdef, params, responses, copies=0, passes=2,
+                                          cap=256)
+    return _chunked(partial(_update_changes_chunk, graphdef, params), (responses,),
+                    int(responses.tokens.shape[0]), chunk_size, update)
+
+
+@partial(jax.jit, static_argnums=0)
+def _summed_update(graphdef, params, pairs: Pairs, coef_w, coef_l):
+    return jax.grad(lambda p: coefficient_surrogate(graphdef, p, pairs, coef_w, coef_l)
+                    * coef_w.shape[0])(params)
+
+
+def batch_coefficient_update(graphdef, params, pairs: Pairs, coef_w, coef_l, *,
+                             chunk_size: int | None = None):
+    """``coefficient_update`` of a whole batch, accumulated over chunks of pairs (by default as
+    many as fit the memory budget, up to 256): ``u = (1/B) Σ_chunks Σ_b …``; padding rows of the
+    last chunk carry zero coefficients."""
+    n = len(pairs)
+    if chunk_size is None:
+        chunk_size = _sequences_per_chunk(graphdef, params, pairs.chosen, copies=0, passes=4,
+                                          cap=256)
+    total = None
+    for lo in range(0, n, chunk_size):
+        idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
+        real = (np.arange(lo, lo + chunk_size) < n)[:, None]
+        part = _summed_update(graphdef, params, pairs[idx], jnp.where(real, coef_w[idx], 0),
+                              jnp.where(real, coef_l[idx], 0))
+        total = part if total is None else jax.tree.map(jnp.add, total, part)
+    return jax.tree.map(lambda x: x / n, total)
 
 
 @struct.dataclass
@@ -393,9 +471,6 @@ class UpdateCheck:
         }
 
 
-_jit_coefficient_update = jax.jit(coefficient_update, static_argnums=0)
-
-
 def batch_update_check(graphdef, params, pairs: Pairs, objective: Objective,
                        optimizer: str = "sgd", learning_rate: float = 1e-3, *, ref_logps=None,
                        opt_state=None, geometry=None) -> UpdateCheck:
@@ -412,7 +487,7 @@ def batch_update_check(graphdef, params, pairs: Pairs, objective: Objective,
     dtype = jax.tree.leaves(params)[0].dtype
     shape = pairs.chosen.tokens.shape[:1] + (pairs.chosen.window,)
     c_w, c_l = (jnp.broadcast_to(jnp.asarray(d, dtype)[:, None], shape) for d in (d_w, d_l))
-    grads = jax.tree.map(jnp.negative, _jit_coefficient_update(graphdef, params, pairs, c_w, c_l))
+    grads = jax.tree.map(jnp.negative, batch_coefficient_update(graphdef, params, pairs, c_w, c_l))
     updates, _ = tx.update(grads, tx.init(params) if opt_state is None else opt_state, params)
     new_params = optax.apply_updates(params, updates)
     _, first_w = update_changes(graphdef, params, pairs.chosen, updates)
@@ -436,13 +511,14 @@ def to_float64(model_config, params):
     return in_precision(model_config, params, "float64")[1:]
 
 
-def report_pairs(ckpt, suffix_length: int | None, n_pairs: int) -> Pairs:
-    """The first ``n_pairs`` eval pairs of a sentiment checkpoint with ``suffix_length``, or the
-    first ``n_pairs`` records of a user-data checkpoint (``suffix_length`` None)."""
-    if ckpt.user_data is not None:
+def report_pairs(ckpt, suffix_length: int | None, n_pairs: int, data=None) -> Pairs:
+    """The first ``n_pairs`` records of ``data`` (a ``PreferenceData``) or of the file a
+    checkpoint was trained on (``suffix_length`` None), or else the first ``n_pairs`` eval pairs
+    of a sentiment checkpoint with ``suffix_length``."""
+    if data is not None or ckpt.user_data is not None:
         from entangle_jax.data.userdata import encode_pairs, load_from_config
 
-        data = load_from_config(ckpt.user_data)
+        data = load_from_config(ckpt.user_data) if data is None else data
         return encode_pairs(data, ckpt.tokenizer, range(min(n_pairs, len(data.records))),
                             ckpt.model_config.max_len).pairs
     if ckpt.data_config is None:
@@ -470,7 +546,8 @@ def shape_name(suffix_length: int | None) -> str:
 def one_step_report(ckpt, objectives: Sequence[Objective], suffix_lengths: Sequence[int | None],
                     *, n_pairs: int = 32, normalized: bool = False, target_change: float = 0.05,
                     lr: float | None = None, halvings: int = 3, adam_lr: float = 1e-4,
-                    float64: bool = True, progress: Callable[[str], None] | None = None) -> dict:
+                    float64: bool = True, progress: Callable[[str], None] | None = None,
+                    data=None) -> dict:
     """The prediction-vs-actual table of ``entangle dynamics`` (JSON-ready).
 
     For each suffix length and objective: per-pair steps of size η·2^-k (k = 0..``halvings``; η is
@@ -488,7 +565,7 @@ def one_step_report(ckpt, objectives: Sequence[Objective], suffix_lengths: Seque
         graphdef, params = (to_float64(ckpt.model_config, ckpt.params) if float64
                             else (ckpt.graphdef, ckpt.params))
         for length in suffix_lengths:
-            pairs = report_pairs(ckpt, length, n_pairs)
+            pairs = report_pairs(ckpt, length, n_pairs, data)
             geo = pair_geometry(graphdef, params, pairs)
             logp_w, logp_l = np.asarray(geo.logp_w), np.asarray(geo.logp_l)
             for objective in objectives:
@@ -550,8 +627,8 @@ def format_report(report: dict) -> str:
 
 
 __all__ = ["CASES", "GradientCondition", "OPTIMIZERS", "OneStepCheck", "UpdateCheck",
-           "auto_learning_rate", "batch_update_check", "case_fractions", "case_of",
-           "coefficient_update", "gradient_condition", "make_optimizer", "objective_weights", "one_step_check",
-           "pair_logprobs", "pair_token_logprobs", "sequence_logps", "step_check",
+           "auto_learning_rate", "batch_update_check", "batch_coefficient_update", "case_fractions", "case_of",
+           "coefficient_surrogate", "coefficient_update", "gradient_condition", "make_optimizer", "objective_weights", "one_step_check",
+           "pair_logprobs", "pair_token_logprobs", "response_logprobs", "sequence_logps", "step_check",
            "update_changes", "format_report", "one_step_report", "report_pairs", "shape_name",
            "to_float64"]

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from entangle_jax import memory
 from entangle_jax.data.pairs import Responses
 from entangle_jax.logprob import picked_logprobs, response_positions
 from entangle_jax.models.layers import Term
@@ -348,20 +349,18 @@ def _ghost_cost(terms, taps: Taps) -> float:
     return cost
 
 
-#: Bytes of formed per-row gradients that ``auto`` may hold at once.
-MEMORY_BUDGET = 2**30
-
-
 def plan_leaves(graphdef, params, implementation: str, seq: Responses, *, per_token: bool,
-                n_sequences: int, n_blocks: int, memory_budget: float = MEMORY_BUDGET
+                n_sequences: int, n_blocks: int, memory_budget: float | None = None
                 ) -> tuple[str, ...]:
     """Per-leaf strategy for ``n_blocks`` ``[R, R]`` blocks among ``n_sequences`` sequences shaped
     like ``seq`` (one row of a batch): ``structured`` puts every factored leaf on the ghost
     product; ``auto`` takes, per leaf, the cheaper of ghost (``n_blocks · ghost``) and outer
     (``n_sequences`` outer products to form plus ``n_blocks · R² · size`` to contract) when the
-    formed gradients fit ``memory_budget`` bytes. Costs come from the shapes of the taps."""
+    formed gradients fit ``memory_budget`` bytes (``memory.MEMORY_BUDGET``). Costs come from the
+    shapes of the taps."""
     if implementation not in ("structured", "auto"):
         raise ValueError(f"implementation={implementation!r} is invalid: one of 'structured', 'auto'")
+    memory_budget = memory.MEMORY_BUDGET if memory_budget is None else memory_budget
     one = jax.tree.map(lambda x: x[0], seq)
     taps = jax.eval_shape(lambda p, s: record_taps(graphdef, p, s, per_token=per_token)[1],
                           params, one)

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from entangle_jax import ghost
+from entangle_jax import ghost, memory
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.logprob import sequence_logprob, token_logprobs
 from entangle_jax.pytrees import leaf_keys, leaf_vdots
@@ -80,19 +80,17 @@ def _check_chunk_size(chunk_size: int) -> None:
 def chunk_for_budget(graphdef, params, seq: Responses, implementation: str, *, per_token: bool,
                      cap: int, budget: float | None = None) -> int:
     """The most pairs (at most ``cap``, at least 1) whose working memory fits ``budget`` bytes
-    (``ghost.MEMORY_BUDGET``): per pair, two responses' per-row gradients (``materialize``:
+    (``memory.MEMORY_BUDGET``): per pair, two responses' per-row gradients (``materialize``:
     R · P floats each) or their taps (a pair's per-row cotangents and layer inputs, which the
     streamed backward holds a stage at a time; counted whole, an upper bound)."""
-    budget = ghost.MEMORY_BUDGET if budget is None else budget
     rows = seq.window if per_token else 1
     if implementation == "materialize":
-        per_pair = 2 * rows * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+        per_pair = 2 * rows * memory.tree_bytes(params)
     else:
         one = jax.tree.map(lambda x: x[0], seq)
-        taps = jax.eval_shape(lambda p, s: ghost.record_taps(graphdef, p, s,
-                                                             per_token=per_token)[1], params, one)
-        per_pair = 2 * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(taps))
-    return int(max(1, min(cap, budget // per_pair)))
+        per_pair = 2 * memory.tree_bytes(jax.eval_shape(
+            lambda p, s: ghost.record_taps(graphdef, p, s, per_token=per_token)[1], params, one))
+    return memory.fit(per_pair, cap, budget=budget)
 
 
 def _on_mesh(params, chunk_size: int, mesh):
@@ -197,7 +195,7 @@ def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int | None = No
 
     Memory is bounded by ``chunk_size`` pairs: their gradients (2 · chunk_size · P floats) with
     ``materialize``, their layer inputs and output cotangents with ``structured``; by default the
-    most that fit ``ghost.MEMORY_BUDGET``, up to 32. With a ``mesh`` (``sharding.batch_mesh()``)
+    most that fit ``memory.MEMORY_BUDGET``, up to 32. With a ``mesh`` (``sharding.batch_mesh()``)
     each chunk is split over its devices."""
     _check_implementation(implementation)
     if chunk_size is None:
@@ -251,7 +249,7 @@ def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None
     """Token-wise Gram matrices of every pair; memory is bounded by ``chunk_size`` pairs'
     per-token Jacobians (2 · chunk_size · R · P floats) with ``materialize``, by their per-token
     output cotangents (2 · chunk_size · R · T · Σ widths) with ``structured``; by default the
-    most that fit ``ghost.MEMORY_BUDGET``, up to 8. With a ``mesh``
+    most that fit ``memory.MEMORY_BUDGET``, up to 8. With a ``mesh``
     each chunk is split over its devices."""
     _check_implementation(implementation)
     if chunk_size is None:
@@ -307,12 +305,11 @@ def _structured_cross(features_a, features_b, terms):
 
 
 def _block_fits(params, chunk_size: int) -> bool:
-    """Whether ``chunk_size`` per-example gradients fit ``ghost.MEMORY_BUDGET``. A full Gram
+    """Whether ``chunk_size`` per-example gradients fit ``memory.MEMORY_BUDGET``. A full Gram
     contracts every pair of responses, so when they fit, ``auto`` forms them (one backward per
     response, one matmul per leaf): measured faster than the ghost product and than the per-leaf
     mix from taps on every benchmark config (docs/performance.md)."""
-    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-    return chunk_size * size <= ghost.MEMORY_BUDGET
+    return chunk_size * memory.tree_bytes(params) <= memory.MEMORY_BUDGET
 
 
 def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int = 64,

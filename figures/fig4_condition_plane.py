@@ -51,7 +51,7 @@ def compute(cfg: Config, ctx, run_dir) -> dict:
     ckpt = sources.checkpoint(cfg.settings, cfg.regime, cfg.seed, ctx)
     points = []
     for shape, run in cfg.runs:
-        probe = preference_pairs(ckpt, run.suffix_length)[1]
+        probe = preference_pairs(ckpt, run).probe
         pairs = probe[np.arange(min(cfg.settings.n_pairs, len(probe)))]
         objective = run.make_objective()
         ref = pair_geometry(ckpt.graphdef, ckpt.params, pairs)

@@ -51,7 +51,7 @@ def compute(cfg: Config, ctx, run_dir) -> dict:
         out[run.mitigation] = {"log": str(result.log_path), "records": result.records}
         if run.mitigation == "token_mask":
             mask = sources.probe_records(result.records)[-1]["mask/weights"]
-            probe = preference_pairs(ckpt, run.suffix_length)[1]
+            probe = preference_pairs(ckpt, run).probe
             pairs = probe[np.arange(min(run.probe_size, len(probe)))]
             out["mask_report"] = mask_report(ckpt.graphdef, result.params, mask, pairs)
             out["mask_tokens"] = response_words(True, run.suffix_length)

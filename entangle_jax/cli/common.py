@@ -142,12 +142,18 @@ def user_data_from_args(args, model_config, tokenizer=None):
     stderr."""
     if not getattr(args, "data", None):
         return None
+    return load_data_file(args, args.data, model_config, tokenizer)
+
+
+def load_data_file(args, path, model_config, tokenizer=None):
+    """``path`` loaded with the data options of ``args`` and validated (``user_data_from_args``)."""
     from entangle_jax.data.userdata import load_user_data
+    from entangle_jax.data.vocab import Vocab
 
     budgets = {name: getattr(args, name, None) for name in PRETRAINED_BUDGETS}
-    if tokenizer is not None:
+    if tokenizer is not None and not isinstance(tokenizer, Vocab):
         budgets = {name: value or PRETRAINED_BUDGETS[name] for name, value in budgets.items()}
-    data = load_user_data(args.data, vocab_size=args.vocab_size,
+    data = load_user_data(path, vocab_size=getattr(args, "vocab_size", UserDataConfig.vocab_size),
                           skip_bad_lines=args.skip_bad_lines, **budgets)
     report_user_data(data, model_config, tokenizer)
     return data

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from entangle_jax.cli.common import nonnegative_int, positive_int
+from entangle_jax.cli.common import (add_model_option, is_pretrained, model_from_args,
+                                     nonnegative_int, positive_int, user_data_from_args)
 
 
 def _positive_float(text: str) -> float:
@@ -39,6 +40,19 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkpoint", metavar="DIR",
                         help="a checkpoint from `entangle train` (default: the default model, "
                              "trained once and cached in .cache/models)")
+    add_model_option(parser, "the model (instead of --checkpoint; a pretrained model needs "
+                             "--data)")
+    parser.add_argument("--data", metavar="FILE",
+                        help="real preference pairs (formats: docs/user-data.md) instead of the "
+                             "sentiment task; read with --skip-bad-lines and the token budgets")
+    parser.add_argument("--skip-bad-lines", action="store_true",
+                        help="skip records that are not valid pairs (each is reported)")
+    parser.add_argument("--max-prompt-tokens", type=positive_int,
+                        help="a longer prompt keeps its last tokens (default: 128 for a "
+                             "pretrained model)")
+    parser.add_argument("--max-response-tokens", type=positive_int,
+                        help="a longer response keeps its first tokens (default: 64 for a "
+                             "pretrained model)")
     parser.add_argument("--pairs", type=positive_int, default=32,
                         help="eval pairs per shape (default 32)")
     parser.add_argument("--lr", type=_positive_float,
@@ -76,7 +90,7 @@ def run(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from entangle_jax.checkpoint import load_checkpoint
+    from entangle_jax.cli import UsageError
     from entangle_jax.config import DataConfig, ModelConfig, SFTConfig
     from entangle_jax.data.sentiment import parse_suffix_lengths
     from entangle_jax.dynamics import format_report, one_step_report
@@ -84,11 +98,12 @@ def run(args) -> int:
     from entangle_jax.train.sft import cached_sft
 
     objectives = _objectives(args)
-    if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint)
-    else:
-        ckpt = cached_sft(ModelConfig(), DataConfig(), SFTConfig())
-    lengths = [None] if ckpt.user_data is not None else parse_suffix_lengths(args.shape)
+    ckpt = model_from_args(args) or cached_sft(ModelConfig(), DataConfig(), SFTConfig())
+    if is_pretrained(ckpt) and not args.data:
+        raise UsageError(f"--model {args.model} needs --data FILE (real preference pairs)")
+    data = user_data_from_args(args, ckpt.model_config, ckpt.tokenizer)
+    use_file = data is not None or ckpt.user_data is not None
+    lengths = [None] if use_file else parse_suffix_lengths(args.shape)
     total = len(objectives) * len(lengths)
     with tqdm(total=total, desc="dynamics", leave=False) as bar:
         def progress(label):
@@ -98,8 +113,9 @@ def run(args) -> int:
         report = one_step_report(ckpt, objectives, lengths, n_pairs=args.pairs,
                                  normalized=args.normalized, target_change=args.target_change,
                                  lr=args.lr, halvings=args.halvings, adam_lr=args.adam_lr,
-                                 float64=not args.float32, progress=progress)
-    report["checkpoint"] = args.checkpoint or "default model (cached_sft defaults)"
+                                 float64=not args.float32, progress=progress, data=data)
+    report["checkpoint"] = (args.model or args.checkpoint
+                            or "default model (cached_sft defaults)")
     table = format_report(report)
     print(table, end="")
     if args.out:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 
-from entangle_jax.cli.common import nonnegative_int, positive_int
+from entangle_jax.cli.common import (load_data_file, model_from_args, nonnegative_int,
+                                     positive_int, user_data_from_args)
 
 #: Options shared with SFT whose default depends on the branch.
 SHARED = ("steps", "learning_rate", "batch_size")
 
 
 def add_preference_options(parser: argparse.ArgumentParser) -> None:
+    from entangle_jax.objectives import OBJECTIVES
     from entangle_jax.train.preference import PreferenceConfig
 
     d = PreferenceConfig()
@@ -25,9 +27,17 @@ def add_preference_options(parser: argparse.ArgumentParser) -> None:
         f"--learning-rate (default {d.learning_rate:g}), --batch-size (default {d.batch_size}) "
         "and --seed set this run; model and SFT options do not apply.")
     g.add_argument("--objective", metavar="NAME",
-                   help="dpo, ipo, simpo, rdpo, slic, cpo, dpop, rrhf, orpo, sppo (or a TRL "
-                        "loss_type such as sigmoid, hinge, sppo_hard)")
-    g.add_argument("--checkpoint", metavar="DIR", help="the starting policy and frozen reference")
+                   help=f"{', '.join(OBJECTIVES)} (or another TRL loss_type name such as "
+                        "sigmoid, hinge, sppo_hard)")
+    g.add_argument("--checkpoint", metavar="DIR", help="the starting policy and frozen reference "
+                                                       "(or --model)")
+    g.add_argument("--probe-data", metavar="FILE",
+                   help="held-out pairs for the probes (their prompts, chosen, rejected and probe "
+                        "responses), read with the --data options; default: a sample of --data")
+    g.add_argument("--train-params", default=d.train_params, metavar="SUBSET",
+                   help="the trained parameters: all, last:K (the last K blocks and the final "
+                        "norm) or lora:R (rank-R adapters on every block's dense kernels) "
+                        f"(default {d.train_params})")
     g.add_argument("--hparam", action="append", metavar="NAME=VALUE",
                    help="objective hyperparameter, e.g. beta=0.1 (repeatable)")
     g.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer,
@@ -67,14 +77,18 @@ def resolve_sft_defaults(args) -> None:
 def run_preference(args) -> int:
     from pathlib import Path
 
-    from entangle_jax.checkpoint import load_checkpoint, save_checkpoint
+    from entangle_jax.checkpoint import save_checkpoint
     from entangle_jax.cli import UsageError
     from entangle_jax.data.sentiment import parse_suffix_lengths
     from entangle_jax.objectives import parse_hparams
     from entangle_jax.train.preference import PreferenceConfig, train_preference
 
-    if not args.checkpoint:
-        raise UsageError("--objective needs --checkpoint DIR (the starting policy)")
+    ckpt = model_from_args(args)
+    if ckpt is None:
+        raise UsageError("--objective needs --model NAME|DIR or --checkpoint DIR (the starting "
+                         "policy)")
+    if args.probe_data and not args.data:
+        raise UsageError("--probe-data needs --data (the training pairs)")
     lengths = parse_suffix_lengths(args.shape)
     if len(lengths) != 1:
         raise UsageError(f"--shape {args.shape!r}: give one shape or suffix length")
@@ -83,10 +97,13 @@ def run_preference(args) -> int:
         objective=args.objective, hparams=parse_hparams(args.hparam),
         mitigation=args.mitigation, balanced=args.balanced, mask_l1=args.mask_l1,
         mask_learning_rate=args.mask_lr, optimizer=args.optimizer, suffix_length=lengths[0],
-        probe_every=args.probe_every, probe_size=args.probe_size, seed=args.seed, **given)
-    ckpt = load_checkpoint(args.checkpoint)
+        probe_every=args.probe_every, probe_size=args.probe_size, train_params=args.train_params,
+        seed=args.seed, **given)
+    data = user_data_from_args(args, ckpt.model_config, ckpt.tokenizer)
+    probe_data = (load_data_file(args, args.probe_data, ckpt.model_config, ckpt.tokenizer)
+                  if args.probe_data else None)
     log = Path(args.log or f"runs/preference/{config.make_method().name}.jsonl")
-    run = train_preference(ckpt, config, log_path=log)
+    run = train_preference(ckpt, config, data=data, probe_data=probe_data, log_path=log)
     last = next(r for r in reversed(run.records) if r["kind"] == "train")
     print(f"wrote {log} ({config.steps} steps; last: logps/chosen {last['logps/chosen']:.3f}, "
           f"logps/rejected {last['logps/rejected']:.3f}, "

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from entangle_jax.cli.common import (add_data_options, add_resume_options, add_sft_options,
-                                     configs_from_args, user_data_from_args, warn)
+from entangle_jax.cli.common import (add_data_options, add_model_option, add_resume_options,
+                                     add_sft_options, configs_from_args, user_data_from_args,
+                                     warn)
 from entangle_jax.cli.preference import (add_preference_options, resolve_sft_defaults,
                                          run_preference)
 
@@ -16,6 +17,7 @@ def add_parser(subparsers) -> None:
                     "and the per-step log OUT/metrics.jsonl. With --objective: preference "
                     "training from --checkpoint instead, logged to a JSONL file.")
     parser.add_argument("--out", default="runs/sft", help="checkpoint directory (default runs/sft)")
+    add_model_option(parser, "with --objective: the starting policy and frozen reference")
     add_sft_options(parser)
     add_data_options(parser)
     add_resume_options(parser)
@@ -26,6 +28,11 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     if args.objective:
         return run_preference(args)
+    if args.model:
+        from entangle_jax.cli import UsageError
+
+        raise UsageError("--model is the starting policy of preference training: give --objective "
+                         "(supervised fine-tuning trains a tiny model from scratch)")
     resolve_sft_defaults(args)
     from entangle_jax.data.sentiment import make_sentiment_data
     from entangle_jax.train.sft import saved_progress, train_sft

@@ -40,11 +40,12 @@ from entangle_jax.config import (ConfigError, nonnegative_ints, positive_ints, r
                                  to_dict)
 from entangle_jax.data.pairs import Pairs, sentiment_pairs
 from entangle_jax.data.sentiment import make_sentiment_data, response_window
-from entangle_jax.dynamics import (OPTIMIZERS, case_fractions, coefficient_update,
-                                   make_optimizer, pair_logprobs, pair_token_logprobs,
-                                   step_check)
+from entangle_jax.data.records import PROBE_KINDS
+from entangle_jax.dynamics import (OPTIMIZERS, case_fractions, coefficient_surrogate,
+                                   make_optimizer, pair_logprobs, response_logprobs, step_check)
 from entangle_jax.guards import check_finite, finite_flags
 from entangle_jax.mitigations import MITIGATIONS, TokenMask, make_method, pair_lengths
+from entangle_jax.train.subsets import AllParams, parse_subset
 from entangle_jax.objectives import get_objective
 from entangle_jax.sharding import replicate, shard_batch
 
@@ -55,7 +56,8 @@ class PreferenceConfig:
     sorted ``(name, value)`` pairs). ``mitigation``: ``none``, ``normalized`` (``balanced`` uses
     the mean of d_w, d_l on both sides) or ``token_mask`` (``mask_l1`` = λ,
     ``mask_learning_rate``). ``suffix_length`` picks the pair shape (0 single, 2 short, 6 long).
-    ``probe_every=0`` turns the probes off."""
+    ``probe_every=0`` turns the probes off. ``train_params`` names the trained parameters
+    (``train.subsets``: ``all``, ``last:K``, ``lora:R``)."""
 
     objective: str = "dpo"
     hparams: Any = ()
@@ -70,6 +72,7 @@ class PreferenceConfig:
     suffix_length: int = 6
     probe_every: int = 10
     probe_size: int = 64
+    train_params: str = "all"
     seed: int = 0
 
     def __post_init__(self):
@@ -87,6 +90,14 @@ class PreferenceConfig:
                 "must be >= 0")
         positive_ints(self, "steps", "batch_size", "probe_size")
         nonnegative_ints(self, "probe_every", "seed", "suffix_length")
+        subset = self.subset()
+        require(self, "train_params", self.mitigation != "normalized"
+                or isinstance(subset, AllParams),
+                "must be 'all' with the normalized mitigation (its norms are those of the "
+                "gradients over every parameter)")
+
+    def subset(self):
+        return parse_subset(self.train_params)
 
     def make_objective(self):
         return get_objective(self.objective, **dict(self.hparams))
@@ -98,42 +109,64 @@ class PreferenceConfig:
 
 @dataclass(frozen=True)
 class PreferenceRun:
-    """The trained parameters, the method's side state (the token mask, or None) and every log
-    record (the JSONL lines, as dicts)."""
+    """The trained parameters (all of them, the frozen ones included), the method's side state
+    (the token mask, or None) and every log record (the JSONL lines, as dicts)."""
 
     params: Any
     extra: Any
     records: list[dict]
 
 
-def preference_pairs(ckpt: Checkpoint, suffix_length: int, probe_size: int = 64,
-                     seed: int = 0) -> tuple[Pairs, Pairs]:
-    """``(train, probe)`` pairs for a checkpoint. Sentiment data: the train split and the first
-    ``probe_size`` eval statements, with suffixes of ``suffix_length``. A user's file (a checkpoint
-    trained with ``--data``) has no split: all its pairs train, and the probes are a fixed sample
-    of ``probe_size`` of them (drawn with ``seed``); ``suffix_length`` does not apply."""
-    if ckpt.user_data is not None:
-        from entangle_jax.data.userdata import encode_pairs, load_from_config
+@dataclass(frozen=True)
+class PreferenceSets:
+    """What a run trains on and probes: ``train`` pairs, ``probe`` pairs and the probe responses
+    of the probe prompts (``{field: ProbeSet}``, empty without them)."""
 
+    train: Pairs
+    probe: Pairs
+    responses: dict
+
+
+def preference_pairs(ckpt: Checkpoint, config: "PreferenceConfig", data=None,
+                     probe_data=None) -> PreferenceSets:
+    """Training and probe pairs for a run from ``ckpt``.
+
+    - ``data`` (a ``PreferenceData``, encoded with the checkpoint's tokenizer) trains; the probes
+      are the first ``probe_size`` records of ``probe_data`` (held-out prompts, with their probe
+      responses) or, without it, a fixed sample of the training pairs (drawn with ``seed``).
+    - Without ``data``, a checkpoint trained on a user's file trains on that file, as above.
+    - Otherwise the sentiment task: the train split and the first ``probe_size`` eval statements,
+      with suffixes of ``suffix_length``."""
+    from entangle_jax.data.userdata import encode_pairs, encode_probes, load_from_config
+
+    if data is None and ckpt.user_data is not None:
         data = load_from_config(ckpt.user_data)
-        train = encode_pairs(data, ckpt.tokenizer, range(len(data.records)),
-                             ckpt.model_config.max_len).pairs
-        n = len(train)
-        pick = np.random.default_rng([seed, 4]).choice(n, min(probe_size, n), replace=False)
-        return train, train[np.sort(pick)]
+    if data is not None:
+        max_len = ckpt.model_config.max_len
+        train = encode_pairs(data, ckpt.tokenizer, range(len(data.records)), max_len).pairs
+        if probe_data is None:
+            n = len(train)
+            pick = np.random.default_rng([config.seed, 4]).choice(
+                n, min(config.probe_size, n), replace=False)
+            return PreferenceSets(train, train[np.sort(pick)], {})
+        probe = encode_pairs(probe_data, ckpt.tokenizer,
+                             range(min(config.probe_size, len(probe_data.records))), max_len)
+        return PreferenceSets(train, probe.pairs,
+                              encode_probes(probe_data, ckpt.tokenizer, probe, max_len))
     if ckpt.data_config is None:
-        raise ConfigError("the checkpoint records no data config; preference pairs need one")
-    if suffix_length > ckpt.data_config.max_suffix_length:
-        raise ConfigError(f"suffix_length={suffix_length} is invalid: the checkpoint's data allows "
-                          f"0..{ckpt.data_config.max_suffix_length}")
-    data = make_sentiment_data(ckpt.data_config)
+        raise ConfigError("the checkpoint records no data config; preference pairs need one "
+                          "(give a data file)")
+    if config.suffix_length > ckpt.data_config.max_suffix_length:
+        raise ConfigError(f"suffix_length={config.suffix_length} is invalid: the checkpoint's "
+                          f"data allows 0..{ckpt.data_config.max_suffix_length}")
+    sentiment = make_sentiment_data(ckpt.data_config)
     window = response_window(ckpt.data_config)
 
     def make(statements):
-        return sentiment_pairs(statements, ckpt.tokenizer, suffix_length, ckpt.model_config.max_len,
-                               window)
+        return sentiment_pairs(statements, ckpt.tokenizer, config.suffix_length,
+                               ckpt.model_config.max_len, window)
 
-    return make(data.train), make(data.eval[:probe_size])
+    return PreferenceSets(make(sentiment.train), make(sentiment.eval[:config.probe_size]), {})
 
 
 def _mean(x) -> float:
@@ -150,22 +183,24 @@ def _step_metrics(beta: float, out: dict) -> dict:
             "weights/d_w": out["d_w"].mean(), "weights/d_l": out["d_l"].mean()}
 
 
-# Module-level jits with hashable static arguments: runs of the same method, optimizer and
-# learning rate share one compilation (objectives and methods compare by value).
-@partial(jax.jit, static_argnames=("graphdef", "method", "optimizer", "learning_rate"))
-def _train_step(params, opt_state, extra, batch, ref_params, *, graphdef, method, optimizer,
-                learning_rate):
+# Module-level jits with hashable static arguments: runs of the same method, optimizer, learning
+# rate and parameter subset share one compilation (objectives and methods compare by value).
+@partial(jax.jit, static_argnames=("graphdef", "method", "optimizer", "learning_rate", "subset"))
+def _train_step(trainable, opt_state, extra, batch, ref_tok_w, ref_tok_l, base, *, graphdef,
+                method, optimizer, learning_rate, subset):
     tx = make_optimizer(optimizer, learning_rate)
-    ref_tok_w, ref_tok_l = pair_token_logprobs(graphdef, ref_params, batch)
+    params = subset.apply(base, trainable)
     c_w, c_l, out = method.coefficients(graphdef, params, extra, batch, ref_tok_w, ref_tok_l)
-    grads = jax.tree.map(jnp.negative, coefficient_update(graphdef, params, batch, c_w, c_l))
-    updates, opt_state = tx.update(grads, opt_state, params)
+    surrogate = partial(coefficient_surrogate, graphdef, pairs=batch, coef_w=c_w, coef_l=c_l)
+    grads = jax.tree.map(jnp.negative,
+                         jax.grad(lambda t: surrogate(subset.apply(base, t)))(trainable))
+    updates, opt_state = tx.update(grads, opt_state, trainable)
     extra = method.update_extra(extra, out, ref_tok_w, ref_tok_l, *pair_lengths(batch))
     metrics = {**_step_metrics(method.objective.beta, out), "grad_norm": optax.tree.norm(grads)}
-    new_params = optax.apply_updates(params, updates)
+    new_trainable = optax.apply_updates(trainable, updates)
     flags = finite_flags(loss=out["loss"], log_probs=(out["logp_w"], out["logp_l"]),
-                         gradient=grads, parameters=new_params)
-    return new_params, opt_state, extra, metrics, flags
+                         gradient=grads, parameters=new_trainable)
+    return new_trainable, opt_state, extra, metrics, flags
 
 
 @partial(jax.jit, static_argnames=("graphdef", "method"))
@@ -174,30 +209,34 @@ def _probe_coefficients(params, extra, probe, ref_tok_w, ref_tok_l, *, graphdef,
     return c_w, c_l, out
 
 
-def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
+def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, probe_data=None,
                      log_path: str | Path | None = None, progress: bool = True,
                      mesh=None) -> PreferenceRun:
-    """Train ``config``'s method from ``ckpt`` (policy and frozen reference); returns the final
-    parameters and the log records, also written to ``log_path`` (JSONL) when given.
-    Deterministic for ``config.seed``. With a ``mesh`` (``sharding.batch_mesh()``) each batch is
-    split over its devices and the parameters replicated; the batch size must then be a multiple
-    of the device count."""
-    method = config.make_method()
+    """Train ``config``'s method from ``ckpt`` (policy and frozen reference) on the pairs of
+    ``preference_pairs`` (``data`` and held-out ``probe_data``, both ``PreferenceData``, or the
+    checkpoint's own data); returns the final parameters and the log records, also written to
+    ``log_path`` (JSONL) when given. The reference's per-token log-probs are computed once, before
+    the first step. Deterministic for ``config.seed``. With a ``mesh``
+    (``sharding.batch_mesh()``) each batch is split over its devices and the parameters
+    replicated; the batch size must then be a multiple of the device count."""
+    method, subset = config.make_method(), config.subset()
     objective = method.objective
     graphdef = ckpt.graphdef
-    train, probe = preference_pairs(ckpt, config.suffix_length, config.probe_size, config.seed)
+    sets = preference_pairs(ckpt, config, data, probe_data)
+    train, probe = sets.train, sets.probe
     if config.batch_size > len(train):
         raise ConfigError(f"batch_size={config.batch_size} is invalid: only {len(train)} "
                           "training pairs")
     if mesh is not None and config.batch_size % mesh.devices.size:
         raise ConfigError(f"batch_size={config.batch_size} is invalid: must be a multiple of the "
                           f"{mesh.devices.size} devices of the mesh")
+    ref_train = pair_logprobs(graphdef, ckpt.params, train)
     ref_probe = pair_logprobs(graphdef, ckpt.params, probe)
-    reference = ckpt.params if mesh is None else replicate(ckpt.params, mesh)
+    base = ckpt.params if mesh is None else replicate(ckpt.params, mesh)
     place = (lambda batch: batch) if mesh is None else partial(shard_batch, mesh=mesh)
     tx = make_optimizer(config.optimizer, config.learning_rate)
     static = dict(graphdef=graphdef, method=method, optimizer=config.optimizer,
-                  learning_rate=config.learning_rate)
+                  learning_rate=config.learning_rate, subset=subset)
 
     def run_probe(step, params, extra) -> dict:
         c_w, c_l, out = _probe_coefficients(params, extra, probe, *ref_probe,
@@ -214,18 +253,32 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
                   "probe/grad_norm_rejected": _mean(np.sqrt(check.sq_norm_l)),
                   "probe/grad_cosine": _mean(check.cosine),
                   **{f"probe/{k}": v for k, v in case_fractions(check.predicted_case).items()}}
+        if sets.responses:
+            record["probe/pairs/logps_chosen"] = np.asarray(out["logp_w"]).tolist()
+            record["probe/pairs/logps_rejected"] = np.asarray(out["logp_l"]).tolist()
+            record["probe/pairs/grad_inner"] = np.asarray(check.inner).tolist()
+            for name, probe_set in sets.responses.items():
+                logps = response_logprobs(graphdef, params, probe_set.responses)
+                record[f"probe/responses/{name}"] = _mean(logps)
         if isinstance(method, TokenMask):
             mask = np.asarray(extra)[:int(np.max(np.asarray(probe.chosen.length)))]
             record["mask/sentiment_share"] = float(mask[0] / mask.sum()) if mask.sum() else 0.0
             record["mask/weights"] = [float(m) for m in mask]
         return record
 
+    trainable = subset.init(base, jax.random.key(config.seed))
     header = {"kind": "config", "method": method.name, "objective": objective.describe(),
               "config": to_dict(config), "model_config": to_dict(ckpt.model_config),
               "data_config": None if ckpt.data_config is None else to_dict(ckpt.data_config),
               "user_data": None if ckpt.user_data is None else to_dict(ckpt.user_data),
+              "data": None if data is None else to_dict(data.config),
+              "probe_data": None if probe_data is None else to_dict(probe_data.config),
               "sft_config": None if ckpt.sft_config is None else to_dict(ckpt.sft_config),
-              "train_pairs": len(train), "probe_pairs": len(probe)}
+              "train_pairs": len(train), "probe_pairs": len(probe),
+              "trained_parameters": sum(int(x.size) for x in jax.tree.leaves(trainable)),
+              "probe_responses": {name: {"kind": PROBE_KINDS.get(name, name),
+                                         "prompts": len(probe_set.rows)}
+                                  for name, probe_set in sets.responses.items()}}
     records: list[dict] = []
     log = None if log_path is None else _open_log(log_path)
 
@@ -237,17 +290,18 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
 
     try:
         emit(header)
-        params, extra = reference, method.init_extra(train.chosen.window)
-        opt_state = tx.init(params)
+        extra = method.init_extra(train.chosen.window)
+        opt_state = tx.init(trainable)
         rng = np.random.default_rng([config.seed, 3])
         probing = config.probe_every > 0
         if probing:
-            emit(run_probe(0, params, extra))
+            emit(run_probe(0, base, extra))
         bar = tqdm(range(1, config.steps + 1), desc=method.name, disable=not progress)
         for step in bar:
             idx = rng.choice(len(train), config.batch_size, replace=False)
-            params, opt_state, extra, metrics, flags = _train_step(
-                params, opt_state, extra, place(train[idx]), reference, **static)
+            trainable, opt_state, extra, metrics, flags = _train_step(
+                trainable, opt_state, extra, place(train[idx]), ref_train[0][idx],
+                ref_train[1][idx], base, **static)
             check_finite(step, flags)  # NaN/Inf stops the run, naming the step and quantity
             record = {"kind": "train", "step": step,
                       **{k: float(v) for k, v in jax.device_get(metrics).items()}}
@@ -257,11 +311,11 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *,
                              "logp_l": f"{record['logps/rejected']:.3f}",
                              "acc": f"{record['rewards/accuracies']:.2f}"}, refresh=False)
             if probing and (step % config.probe_every == 0 or step == config.steps):
-                emit(run_probe(step, params, extra))
+                emit(run_probe(step, subset.apply(base, trainable), extra))
     finally:
         if log is not None:
             log.close()
-    return PreferenceRun(params, extra, records)
+    return PreferenceRun(subset.apply(base, trainable), extra, records)
 
 
 def _open_log(path: str | Path):
