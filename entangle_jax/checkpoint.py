@@ -45,6 +45,9 @@ class Checkpoint:
     data_config: DataConfig | None = None
     sft_config: SFTConfig | None = None
     user_data: UserDataConfig | None = None  # set instead of data_config for a user's file
+    #: ``{"step", "steps"}`` as the training run recorded it (``save_checkpoint(training=)``):
+    #: ``step < steps`` for a run that was interrupted; None when the checkpoint records none.
+    training: dict | None = None
 
 
 #: Tokenizer kind (as ``config.json`` records it) → class.
@@ -89,6 +92,17 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint, *,
 
 def _asdict(config):
     return None if config is None else {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+def _training(raw) -> dict | None:
+    """``config.json``'s ``training`` record as ``{"step", "steps"}`` (None if absent or not
+    two integers >= 0)."""
+    if not isinstance(raw, dict):
+        return None
+    step, steps = raw.get("step"), raw.get("steps")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (step, steps)):
+        return None
+    return {"step": step, "steps": steps}
 
 
 def _build(cls, raw, what: str):
@@ -147,7 +161,8 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
     return Checkpoint(graphdef, params, model_config, tokenizer,
                       _build(DataConfig, meta.get("data_config"), "data_config"),
                       _build(SFTConfig, meta.get("sft_config"), "sft_config"),
-                      _build(UserDataConfig, meta.get("user_data"), "user_data"))
+                      _build(UserDataConfig, meta.get("user_data"), "user_data"),
+                      _training(meta.get("training")))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,6 +21,14 @@ so ``shared_inner`` is everything a shared token takes part in (the paper's enta
 ``first_diff_inner`` = ⟨g_w^i, g_l^i⟩ at the first differing token i = |P| (null if a span is
 empty), which the summary reports as ``sentiment_token_inner`` (on the sentiment task that token
 is the sentiment token).
+
+The pairs of a file are grouped by L, and the L = 0 group is split by whether the two responses
+share a prefix (``shared_prefix``; row ``label`` ``"0 (shared prefix)"`` / ``"0 (no shared
+part)"``): shared leading tokens and none at all can pull ⟨g_w, g_l⟩ opposite ways.
+``group_by`` adds one summary row per value of an extra field of the records
+(``groups_by_field``). Both kinds of report carry ``n_measured`` and ``n_records`` (pairs
+measured, records available); a file's report also counts the records that repeat an earlier
+(prompt, chosen, rejected) in ``duplicate_pairs``.
 """
 
 from __future__ import annotations
@@ -42,8 +50,31 @@ from entangle_jax.guards import check_array_finite
 from entangle_jax.provenance import provenance
 
 
-def sample_statements(statements: Sequence[Statement], n_pairs: int, seed: int) -> list[Statement]:
-    """``n_pairs`` distinct statements drawn without replacement, deterministic for ``seed``."""
+#: Pairs measured when no number is given: every record, up to this many.
+DEFAULT_PAIRS = 64
+
+
+def resolve_pairs(requested, available: int, what: str) -> int:
+    """The number of pairs to measure: ``requested`` (a positive int, ``"all"`` or None: all
+    ``available`` up to ``DEFAULT_PAIRS``), refused (``ConfigError``) above ``available``."""
+    if requested is None:
+        return min(DEFAULT_PAIRS, available)
+    if requested == "all":
+        return available
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested <= 0:
+        raise ConfigError(f"pairs={requested!r} is invalid: must be a positive integer or 'all'")
+    if requested > available:
+        raise ConfigError(f"pairs={requested} is invalid: {what} holds only {available} usable "
+                          "pairs (give --pairs all, or a smaller number)")
+    return requested
+
+
+def sample_statements(statements: Sequence[Statement], n_pairs: int | None,
+                      seed: int) -> list[Statement]:
+    """``n_pairs`` distinct statements (None: all) drawn without replacement, deterministic for
+    ``seed``."""
+    if n_pairs is None:
+        return list(statements)
     if not isinstance(n_pairs, int) or n_pairs <= 0:
         raise ConfigError(f"pairs={n_pairs!r} is invalid: must be a positive integer")
     if n_pairs > len(statements):
@@ -84,9 +115,10 @@ def measure_suffix_length(ckpt: Checkpoint, statements: Sequence[Statement], suf
     return {"suffix_length": suffix_length, "summary": summary, "pairs": records}
 
 
-def measure(ckpt: Checkpoint, suffix_lengths: Sequence[int], n_pairs: int = 64, seed: int = 0,
-            progress: bool = True) -> dict:
-    """Measure eval pairs of ``ckpt``'s data at every suffix length (the ``measure.json`` contract)."""
+def measure(ckpt: Checkpoint, suffix_lengths: Sequence[int], n_pairs: int | None = 64,
+            seed: int = 0, progress: bool = True) -> dict:
+    """Measure ``n_pairs`` eval pairs (None: all) of ``ckpt``'s data at every suffix length (the
+    ``measure.json`` contract)."""
     if ckpt.data_config is None:
         raise ConfigError("the checkpoint records no data config; cannot rebuild its sentiment data")
     data = make_sentiment_data(ckpt.data_config)
@@ -100,8 +132,9 @@ def measure(ckpt: Checkpoint, suffix_lengths: Sequence[int], n_pairs: int = 64, 
                for L in tqdm(suffix_lengths, desc="measure", disable=not progress, leave=False)]
     config = {"model": to_dict(ckpt.model_config), "data": to_dict(ckpt.data_config),
               "sft": None if ckpt.sft_config is None else to_dict(ckpt.sft_config),
-              "n_pairs": n_pairs, "seed": seed, "suffix_lengths": list(suffix_lengths)}
-    return {"config": config, "results": results, "provenance": provenance(config)}
+              "n_pairs": len(statements), "seed": seed, "suffix_lengths": list(suffix_lengths)}
+    return {"config": config, "results": results, "n_measured": len(statements),
+            "n_records": len(data.eval), "provenance": provenance(config)}
 
 
 def _summary_or_null(values: list) -> dict:
@@ -138,12 +171,53 @@ def _user_summary(records: list[dict]) -> dict:
     return summary
 
 
-def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64, seed: int = 0,
-                      progress: bool = True, token_gram_pairs: int | None = None,
-                      implementation: str = "auto") -> dict:
-    """Measure ``n_pairs`` records of a user's file (drawn without replacement for ``seed``),
-    grouped by shared suffix length; the ``measure.json`` contract plus per-pair diagnostics and
-    the encoding's counts (``encoding``: records drawn, pairs kept, truncations).
+def duplicate_records(records) -> list[tuple[int, int]]:
+    """``(k, first)`` for every record ``k`` that repeats the prompt, chosen and rejected of an
+    earlier record ``first``."""
+    first: dict[tuple, int] = {}
+    out = []
+    for k, r in enumerate(records):
+        key = (r.prompt_text, r.chosen, r.rejected)
+        if key in first:
+            out.append((k, first[key]))
+        else:
+            first[key] = k
+    return out
+
+
+def record_fields(records) -> list[str]:
+    """The extra fields (``record.fields``) any record carries, sorted."""
+    return sorted({name for r in records for name, _ in r.fields})
+
+
+def _value_order(value):
+    """Numbers first (by value), then strings, then a missing field."""
+    if value is None:
+        return (2, 0, "")
+    if isinstance(value, (int, float)):
+        return (0, value, "")
+    return (1, 0, str(value))
+
+
+def _suffix_group(diff) -> tuple:
+    """``(L, shared_prefix)``: the L = 0 group is split by whether the responses share a prefix
+    (None for L > 0)."""
+    return (diff.suffix, diff.prefix > 0 if diff.suffix == 0 else None)
+
+
+def _suffix_label(length: int, shared_prefix) -> str:
+    if shared_prefix is None:
+        return str(length)
+    return f"{length} (shared prefix)" if shared_prefix else f"{length} (no shared part)"
+
+
+def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int | None = 64,
+                      seed: int = 0, progress: bool = True, token_gram_pairs: int | None = None,
+                      implementation: str = "auto", group_by: str | None = None) -> dict:
+    """Measure ``n_pairs`` records of a user's file (drawn without replacement for ``seed``; None:
+    every record), grouped by shared suffix length (L = 0 split by a shared prefix) and, with
+    ``group_by``, by the value of that extra field; the ``measure.json`` contract plus per-pair
+    diagnostics and the encoding's counts (``encoding``: records drawn, pairs kept, truncations).
 
     Token-wise Grams (and the diagnostics built on them) cost one backward pass per response
     token; ``token_gram_pairs`` limits them to the first pairs drawn (all when None): the others
@@ -153,11 +227,12 @@ def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64,
                               f"{data.config.path} builds ({len(ckpt.tokenizer)} vs "
                               f"{len(data.vocab)} words); train it on this file (--data) with the "
                               "same --vocab-size")
-    if not isinstance(n_pairs, int) or n_pairs <= 0:
-        raise ConfigError(f"pairs={n_pairs!r} is invalid: must be a positive integer")
-    if n_pairs > len(data.records):
-        raise ConfigError(f"pairs={n_pairs} is invalid: {data.config.path} holds only "
-                          f"{len(data.records)} usable pairs")
+    n_pairs = resolve_pairs("all" if n_pairs is None else n_pairs, len(data.records),
+                            str(data.config.path))
+    if group_by is not None and group_by not in record_fields(data.records):
+        fields = ", ".join(record_fields(data.records)) or "none"
+        raise ConfigError(f"group_by={group_by!r} is invalid: no record of {data.config.path} has "
+                          f"that field (fields: {fields})")
     drawn = sorted(int(i) for i in np.random.default_rng(seed).choice(len(data.records), n_pairs,
                                                                        replace=False))
     encoded = encode_pairs(data, ckpt.tokenizer, drawn, ckpt.model_config.max_len)
@@ -179,7 +254,7 @@ def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64,
         check_array_finite(name, values, where)
     diffs = pair_diffs(pairs)
     groups = geo.group_inner()
-    by_suffix: dict[int, list[dict]] = {}
+    by_suffix: dict[tuple, list[dict]] = {}
     for k, i in enumerate(idx):
         record, diff = data.records[i], diffs[k]
         if k < n_grams:
@@ -188,7 +263,7 @@ def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64,
         else:
             token = dict.fromkeys(("token_gram", "block_inner", "span_inner", "suffix_inner",
                                    "shared_inner", "first_diff_inner"))
-        by_suffix.setdefault(diff.suffix, []).append({
+        by_suffix.setdefault(_suffix_group(diff), []).append({
             "prompt": record.prompt_text, "chosen": record.chosen,
             "rejected": record.rejected, "where": record.where, "fields": dict(record.fields),
             "logp_w": float(geo.logp_w[k]), "logp_l": float(geo.logp_l[k]),
@@ -199,43 +274,86 @@ def measure_user_data(ckpt: Checkpoint, data: PreferenceData, n_pairs: int = 64,
             "prompt_tokens_dropped": int(encoded.prompt_dropped[k]),
             "response_truncated": bool(encoded.response_cut[k]),
         })
-    results = [{"suffix_length": length, "n_pairs": len(by_suffix[length]),
-                "summary": _user_summary(by_suffix[length]), "pairs": by_suffix[length]}
-               for length in sorted(by_suffix)]
-    everything = [r for length in sorted(by_suffix) for r in by_suffix[length]]
+    keys = sorted(by_suffix, key=lambda key: (key[0], bool(key[1])))
+    results = []
+    for length, shared_prefix in keys:
+        group = by_suffix[length, shared_prefix]
+        row = {"suffix_length": length, "label": _suffix_label(length, shared_prefix),
+               "n_pairs": len(group), "summary": _user_summary(group), "pairs": group}
+        if shared_prefix is not None:
+            row["shared_prefix"] = shared_prefix
+        results.append(row)
+    everything = [r for key in keys for r in by_suffix[key]]
     config = {"model": to_dict(ckpt.model_config), "data": to_dict(data.config),
               "sft": None if ckpt.sft_config is None else to_dict(ckpt.sft_config),
-              "n_pairs": n_pairs, "seed": seed, "suffix_lengths": sorted(by_suffix),
+              "n_pairs": n_pairs, "seed": seed, "suffix_lengths": sorted({k[0] for k in keys}),
               "source": "data", "n_records": len(data.records), "token_gram_pairs": n_grams,
               "implementation": implementation}
-    return {"config": config, "results": results,
-            "overall": {"n_pairs": len(everything), "summary": _user_summary(everything)},
-            "encoding": {**encoded.summary(n_pairs), "skipped_pairs": list(encoded.skipped)},
-            "skipped_records": list(data.skipped), "provenance": provenance(config)}
+    if group_by is not None:
+        config["group_by"] = group_by
+    repeats = duplicate_records(data.records)
+    measured = set(idx)
+    report = {"config": config, "results": results,
+              "overall": {"n_pairs": len(everything), "summary": _user_summary(everything)},
+              "n_measured": len(everything), "n_records": len(data.records),
+              "duplicate_pairs": {
+                  "in_file": len(repeats),
+                  "measured": sum(k in measured and first in measured for k, first in repeats),
+                  "first": [[data.records[k].where, data.records[first].where]
+                            for k, first in repeats[:10]]},
+              "encoding": {**encoded.summary(n_pairs), "skipped_pairs": list(encoded.skipped)},
+              "skipped_records": list(data.skipped), "provenance": provenance(config)}
+    if group_by is not None:
+        values: dict = {}
+        for r in everything:
+            values.setdefault(r["fields"].get(group_by), []).append(r)
+        report["groups_by_field"] = {
+            "field": group_by,
+            "rows": [{"value": v, "n_pairs": len(values[v]), "summary": _user_summary(values[v])}
+                     for v in sorted(values, key=_value_order)]}
+    return report
 
 
 def _fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _user_rows(first_column: str, rows: list[tuple[str, int, dict]]) -> list[str]:
+    lines = [f"| {first_column} | pairs | ⟨g_w,g_l⟩ mean ± sd | frac < 0 | cosine mean "
+             "| span×span terms | suffix×suffix terms | all shared-token terms "
+             "| first differing token ⟨g_w^i,g_l^i⟩ | frac < 0 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, n, s in rows:
+        lines.append(f"| {label} | {n} "
+                     f"| {_fmt(s['inner']['mean'], '.4g')} ± {_fmt(s['inner']['std'], '.3g')} "
+                     f"| {_fmt(s['inner']['frac_negative'], '.2f')} "
+                     f"| {_fmt(s['cosine']['mean'], '.3f')} "
+                     f"| {_fmt(s['span_inner']['mean'], '.4g')} "
+                     f"| {_fmt(s['suffix_inner']['mean'], '.4g')} "
+                     f"| {_fmt(s['shared_inner']['mean'], '.4g')} "
+                     f"| {_fmt(s['sentiment_token_inner']['mean'], '.4g')} "
+                     f"| {_fmt(s['sentiment_token_inner']['frac_negative'], '.2f')} |")
+    return lines
+
+
+def _field_value(value) -> str:
+    return "(missing)" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
 def format_user_table(report: dict) -> str:
-    """A Markdown table of a ``measure_user_data`` report, one row per shared suffix length."""
-    rows = ["| shared suffix L | pairs | ⟨g_w,g_l⟩ mean ± sd | frac < 0 | cosine mean "
-            "| span×span terms | suffix×suffix terms | all shared-token terms "
-            "| first differing token ⟨g_w^i,g_l^i⟩ | frac < 0 |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    overall = {"suffix_length": "all", **report["overall"]}
-    for r in [*report["results"], overall]:
-        s = r["summary"]
-        rows.append(f"| {r['suffix_length']} | {r['n_pairs']} "
-                    f"| {s['inner']['mean']:.4g} ± {s['inner']['std']:.3g} "
-                    f"| {s['inner']['frac_negative']:.2f} | {s['cosine']['mean']:.3f} "
-                    f"| {_fmt(s['span_inner']['mean'], '.4g')} "
-                    f"| {_fmt(s['suffix_inner']['mean'], '.4g')} "
-                    f"| {_fmt(s['shared_inner']['mean'], '.4g')} "
-                    f"| {_fmt(s['sentiment_token_inner']['mean'], '.4g')} "
-                    f"| {_fmt(s['sentiment_token_inner']['frac_negative'], '.2f')} |")
-    return "\n".join(rows)
+    """Markdown tables of a ``measure_user_data`` report: one row per shared suffix length (L = 0
+    split by a shared prefix) and all pairs; with ``group_by``, a second table with one row per
+    value of that field."""
+    rows = [(r.get("label", r["suffix_length"]), r["n_pairs"], r["summary"])
+            for r in report["results"]]
+    rows.append(("all", report["overall"]["n_pairs"], report["overall"]["summary"]))
+    lines = _user_rows("shared suffix L", rows)
+    by_field = report.get("groups_by_field")
+    if by_field:
+        lines += ["", *_user_rows(by_field["field"].replace("|", "\\|"),
+                                   [(_field_value(r["value"]), r["n_pairs"], r["summary"])
+                                    for r in by_field["rows"]])]
+    return "\n".join(lines)
 
 
 def format_table(report: dict) -> str:

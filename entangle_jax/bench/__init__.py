@@ -11,6 +11,7 @@ The ratio column is each row's median time over ``auto``'s median in the same ru
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -90,7 +91,13 @@ def run_case(spec: dict, timeout: float) -> dict:
 def run_benchmark(quick: bool = False, timeout: float = 300.0, progress: bool = True,
                   on_row=None) -> dict:
     """Run every case; returns ``{"machine": …, "peers": …, "rows": [...]}``. ``on_row(result)`` is
-    called after each case with the result so far (to save partial results of a long run)."""
+    called after each case with the result so far (to save partial results of a long run).
+    ``timeout`` (seconds per case) must be a finite number > 0 (``ConfigError``)."""
+    from entangle_jax.config import ConfigError
+
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ConfigError(f"timeout={timeout!r} is invalid: must be a finite number of seconds > 0")
     started = time.perf_counter()
     peers = _peer_status()
     machine = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -106,6 +113,12 @@ def run_benchmark(quick: bool = False, timeout: float = 300.0, progress: bool = 
         if on_row is not None:
             on_row(result)
     return result
+
+
+def exit_status(result: dict) -> int:
+    """1 when every case failed or timed out (nothing was measured), else 0."""
+    rows = result["rows"]
+    return 1 if rows and all("error" in r for r in rows) else 0
 
 
 def _add_ratios(rows: list[dict]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from entangle_jax.cli.common import positive_float
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -12,27 +14,38 @@ def add_parser(subparsers) -> None:
                     "is installed) and neural-tangents (when it imports), plus GPT-2-small-sized "
                     "feasibility rows. Each case runs in its own process. Prints a Markdown table "
                     "and writes OUT/bench.json and OUT/bench.md. The full run takes ~10 min on an "
-                    "idle 2-core CPU; --quick a few minutes.")
+                    "idle 2-core CPU; --quick a few minutes. Exit status 0 when at least one case "
+                    "ran, 1 when every case failed or timed out, 2 on bad input.")
     parser.add_argument("--quick", action="store_true",
                         help="default model only, 8 pairs, 2 repeats; GPT-2 rows on a few pairs")
     parser.add_argument("--out", default="reports", help="output directory (default reports)")
-    parser.add_argument("--timeout", type=float, default=300.0,
-                        help="seconds allowed to each case before it is reported as timed out")
+    parser.add_argument("--timeout", type=positive_float, default=300.0,
+                        help="seconds allowed to each case before it is reported as timed out "
+                             "(a finite number > 0; default 300)")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    import sys
     from pathlib import Path
 
-    from entangle_jax.bench import format_table, run_benchmark
+    from entangle_jax.bench import exit_status, format_table, run_benchmark
+    from entangle_jax.cli.common import check_output_dir, locked_outputs
     from entangle_jax.io import atomic_write_json, atomic_write_text
 
     out = Path(args.out)
+    check_output_dir(out, "--out", ("bench.json", "bench.md"))
 
     def save(result):  # after every case, so a long run leaves its partial results
         atomic_write_json(out / "bench.json", result)
         atomic_write_text(out / "bench.md", format_table(result) + "\n")
 
-    print(format_table(run_benchmark(quick=args.quick, timeout=args.timeout, on_row=save)))
+    with locked_outputs((out, "--out")):
+        result = run_benchmark(quick=args.quick, timeout=args.timeout, on_row=save)
+    print(format_table(result))
     print(f"\nwrote {out / 'bench.json'} and {out / 'bench.md'}")
-    return 0
+    status = exit_status(result)
+    if status:
+        print(f"entangle: bench: every one of the {len(result['rows'])} cases failed or timed "
+              f"out (first: {result['rows'][0]['error']}); exit status 1", file=sys.stderr)
+    return status

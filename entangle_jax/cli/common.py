@@ -1,9 +1,15 @@
-"""Argument types and options shared by the subcommands."""
+"""Argument types and options shared by the subcommands; the checks every command makes before
+any work: output paths it can write (``check_output_dir``, ``check_output_file``), options that
+would be ignored (``not_applicable``), and the lock it holds on its outputs (``locked_outputs``)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import os
 import sys
+from pathlib import Path
 
 from entangle_jax.config import DataConfig, ModelConfig, SFTConfig
 from entangle_jax.data.userdata import UserDataConfig
@@ -26,6 +32,30 @@ def nonnegative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} must be an integer >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number > 0")
+    return value
+
+
+def count_or_all(text: str) -> int | str:
+    """A positive integer, or ``all``."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor 'all'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer (or all)")
     return value
 
 
@@ -54,6 +84,14 @@ def add_sft_options(parser: argparse.ArgumentParser) -> None:
                         f"its last tokens (default {m.max_len})")
     g.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of the initialization, the SFT batches and the eval sample")
+
+
+#: The ``dest`` of every option ``add_sft_options`` adds but ``--seed``.
+SFT_OPTIONS = ("steps", "label_flip", "suffix", "pretrain_steps", "learning_rate", "batch_size",
+               "layers", "width", "heads", "max_len")
+#: The ``dest`` of the options ``add_data_options`` adds besides ``--data`` (they read that file).
+DATA_READING_OPTIONS = ("vocab_size", "skip_bad_lines", "max_prompt_tokens",
+                        "max_response_tokens")
 
 
 def configs_from_args(args) -> tuple[ModelConfig, DataConfig, SFTConfig]:
@@ -91,7 +129,33 @@ def model_from_args(args):
         raise UsageError("give --model or --checkpoint, not both")
     if model in PRETRAINED:
         return load_pretrained(model)
-    return load_checkpoint(model or checkpoint) if (model or checkpoint) else None
+    ckpt = load_checkpoint(model or checkpoint) if (model or checkpoint) else None
+    if ckpt is not None and is_unfinished(ckpt):
+        step, steps = ckpt.training["step"], ckpt.training["steps"]
+        warn(f"{model or checkpoint} holds an unfinished run: trained {step} of {steps} steps (the "
+             "run was interrupted or stopped); it is used as it is, at step "
+             f"{step} (`entangle train --out {model or checkpoint} --resume` with the same "
+             "settings finishes it)")
+    return ckpt
+
+
+def is_unfinished(ckpt) -> bool:
+    """Whether ``ckpt`` was saved by a training run before its last step."""
+    training = getattr(ckpt, "training", None)
+    return training is not None and training["step"] < training["steps"]
+
+
+def checkpoint_fields(args, ckpt) -> dict:
+    """What a report records of the model given with ``--checkpoint``/``--model``:
+    ``{"checkpoint": path or name, "checkpoint_training": {"step", "steps", "finished"}}`` (the
+    step the saved parameters were trained to; null when the checkpoint records none, e.g. a
+    pretrained model), or nulls when no model was given."""
+    source = getattr(args, "model", None) or getattr(args, "checkpoint", None)
+    training = getattr(ckpt, "training", None) if source else None
+    if training is not None:
+        training = {"step": training["step"], "steps": training["steps"],
+                    "finished": training["step"] >= training["steps"]}
+    return {"checkpoint": str(source) if source else None, "checkpoint_training": training}
 
 
 def is_pretrained(ckpt) -> bool:
@@ -133,6 +197,146 @@ def add_resume_options(parser: argparse.ArgumentParser) -> None:
 
 def warn(message: str) -> None:
     print(f"entangle: warning: {message}", file=sys.stderr)
+
+
+def note(message: str) -> None:
+    print(f"entangle: note: {message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------
+# Options that do not apply
+# ------------------------------------------------------------------------------------------------
+
+def given(args, *dests: str) -> list[str]:
+    """The options among ``dests`` given on the command line, as typed (``args._given``)."""
+    explicit = getattr(args, "_given", None) or {}
+    return [explicit[d] for d in dests if d in explicit]
+
+
+def not_applicable(args, dests, why: str) -> None:
+    """Refuse (``UsageError``) the options among ``dests`` the user gave: ``why`` says when they
+    would apply. An option that does nothing is an error, not silence."""
+    from entangle_jax.cli import UsageError
+
+    options = given(args, *dests)
+    if options:
+        verb = "does" if len(options) == 1 else "do"
+        raise UsageError(f"{', '.join(options)} {verb} not apply {why}")
+
+
+def parse_hparam_options(items: list[str] | None) -> dict[str, float]:
+    """``--hparam NAME=VALUE`` items as a dict; a name given twice is refused (the last one would
+    silently win)."""
+    from entangle_jax.cli import UsageError
+    from entangle_jax.objectives import parse_hparams
+
+    out: dict[str, float] = {}
+    for item in items or []:
+        (name, value), = parse_hparams([item]).items()
+        if name in out:
+            raise UsageError(f"--hparam {name} is given twice ({name}={out[name]:g} and "
+                             f"{item.strip()}); give each hyperparameter once")
+        out[name] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Output paths: checked before any work, locked while the command runs
+# ------------------------------------------------------------------------------------------------
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_parent(path: Path, option: str) -> None:
+    from entangle_jax.cli import UsageError
+
+    base = _existing_ancestor(path.parent)
+    if not base.is_dir():
+        raise UsageError(f"cannot write to {option} {path}: {base} is a file, not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {option} {path}: {base} is not writable "
+                         "(permission denied)")
+
+
+def check_output_dir(path, option: str, files=()) -> None:
+    """Refuse (``UsageError``, exit 2) an output directory the command could not write its
+    ``files`` into: an existing file, a path under a file, a directory without write permission,
+    or one of ``files`` being a directory. Nothing is created."""
+    from entangle_jax.cli import UsageError
+
+    path = Path(path)
+    try:
+        if path.exists():
+            if not path.is_dir():
+                raise UsageError(f"cannot write to {option} {path}: it is an existing file, not a "
+                                 "directory")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise UsageError(f"cannot write to {option} {path}: the directory is not "
+                                 "writable (permission denied)")
+            for name in files:
+                if (path / name).is_dir():
+                    raise UsageError(f"cannot write to {option} {path}: {path / name} is a "
+                                     "directory")
+        else:
+            _check_parent(path, option)
+    except OSError as err:
+        raise UsageError(f"cannot write to {option} {path}: {err.strerror or err}") from None
+
+
+def check_output_file(path, option: str) -> None:
+    """Refuse (``UsageError``, exit 2) an output file the command could not write: a directory,
+    a read-only file, or a path whose directory cannot be created or written. Nothing is
+    created."""
+    from entangle_jax.cli import UsageError
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise UsageError(f"cannot write to {option} {path}: it is a directory; give a file "
+                             "name")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UsageError(f"cannot write to {option} {path}: the file is not writable "
+                             "(permission denied)")
+        _check_parent(path, option)
+    except OSError as err:
+        raise UsageError(f"cannot write to {option} {path}: {err.strerror or err}") from None
+
+
+class locked_outputs:
+    """``with locked_outputs((path, option), (path, option, "file"), ...):`` holds the lock of
+    each output (``entangle_jax.io.lock_output``: ``DIR/.lock``, or ``.NAME.lock`` beside a file)
+    for the block. Another run holding one, or a path that cannot be created, is refused with one
+    line (``UsageError``, exit 2) before the block starts; errors inside the block pass through.
+    The locks are released however the block ends (Ctrl-C and errors included)."""
+
+    def __init__(self, *outputs):
+        self.outputs = [o for o in outputs if o[0] is not None]
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self):
+        from entangle_jax.cli import UsageError
+        from entangle_jax.io import OutputLocked, lock_output
+
+        try:
+            for path, option, *kind in self.outputs:
+                try:
+                    self.stack.enter_context(lock_output(path, is_dir=kind != ["file"]))
+                except OutputLocked as err:
+                    raise UsageError(f"{option} {path} is in use: {err}; wait for that run to end "
+                                     f"or choose another {option}") from None
+                except OSError as err:
+                    raise UsageError(f"cannot write to {option} {path}: "
+                                     f"{err.strerror or err}") from None
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        return self.stack.__exit__(*exc)
 
 
 def user_data_from_args(args, model_config, tokenizer=None):

@@ -26,31 +26,42 @@ def run(args) -> int:
 
     from tqdm.auto import tqdm
 
+    from entangle_jax.cli.common import check_output_dir, given, locked_outputs, note
     from entangle_jax.figures.context import context_from_args
     from entangle_jax.figures.runner import discover, gallery_copy, load, run_figure, select
     from entangle_jax.io import atomic_write_json
 
     scripts = select(discover(), args.only)
     if args.list:
+        unused = given(args, "quick", "out", "cache_dir", "recompute", "gallery")
+        if unused:
+            note(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used: --list "
+                 "only lists the figures")
         for stem, path in scripts.items():
             summary = " ".join((load(path).__doc__ or "").split("\n\n")[0].split())
             print(f"{stem:24s} {summary[:100] + ('…' if len(summary) > 100 else '')}")
         return 0
     ctx = context_from_args(args)
-    start = time.perf_counter()
-    summary = {}
-    bar = tqdm(scripts.items(), desc="figures", unit="figure")
-    for stem, path in bar:
-        bar.set_postfix_str(stem)
-        output = run_figure(load(path), ctx)
-        summary[stem] = {"seconds": round(output.seconds, 2),
-                         "files": [str(p) for p in output.paths]}
-        if args.gallery:
-            summary[stem]["gallery"] = str(gallery_copy(output.paths[0], args.gallery))
-        tqdm.write(f"{stem:28s} {output.seconds:7.1f} s  → {Path(output.paths[0]).with_suffix('')}"
-                   ".{png,pdf,csv}")
-    total = time.perf_counter() - start
-    atomic_write_json(Path(ctx.out_dir) / "figures.json",
-                      {"quick": ctx.quick, "total_seconds": round(total, 2), "figures": summary})
+    check_output_dir(ctx.out_dir, "--out", ("figures.json",))
+    check_output_dir(ctx.cache_dir, "--cache-dir")
+    if args.gallery:
+        check_output_dir(args.gallery, "--gallery")
+    with locked_outputs((ctx.out_dir, "--out")):
+        start = time.perf_counter()
+        summary = {}
+        bar = tqdm(scripts.items(), desc="figures", unit="figure")
+        for stem, path in bar:
+            bar.set_postfix_str(stem)
+            output = run_figure(load(path), ctx)
+            summary[stem] = {"seconds": round(output.seconds, 2),
+                             "files": [str(p) for p in output.paths]}
+            if args.gallery:
+                summary[stem]["gallery"] = str(gallery_copy(output.paths[0], args.gallery))
+            tqdm.write(f"{stem:28s} {output.seconds:7.1f} s  → "
+                       f"{Path(output.paths[0]).with_suffix('')}.{{png,pdf,csv}}")
+        total = time.perf_counter() - start
+        atomic_write_json(Path(ctx.out_dir) / "figures.json",
+                          {"quick": ctx.quick, "total_seconds": round(total, 2),
+                           "figures": summary})
     print(f"{len(summary)} figure(s) in {total:.1f} s; wrote {Path(ctx.out_dir) / 'figures.json'}")
     return 0

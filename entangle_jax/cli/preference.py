@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import argparse
 
-from entangle_jax.cli.common import (load_data_file, model_from_args, nonnegative_int,
-                                     positive_int, user_data_from_args)
+from entangle_jax.cli.common import (DATA_READING_OPTIONS, check_output_dir, check_output_file,
+                                     is_pretrained, load_data_file, locked_outputs,
+                                     model_from_args, nonnegative_int, not_applicable, note,
+                                     parse_hparam_options, positive_int, user_data_from_args)
+from entangle_jax.cli.common import given as given_options
 
 #: Options shared with SFT whose default depends on the branch.
 SHARED = ("steps", "learning_rate", "batch_size")
+#: The ``dest`` of the options only preference training reads (``--objective`` aside).
+PREFERENCE_OPTIONS = ("checkpoint", "probe_data", "train_params", "hparam", "optimizer", "shape",
+                      "mitigation", "balanced", "mask_l1", "mask_lr", "probe_every",
+                      "probe_size", "log", "save")
+#: SFT and model options preference training does not read: the model is the checkpoint's.
+MODEL_OPTIONS = ("label_flip", "suffix", "pretrain_steps", "layers", "width", "heads", "max_len")
 
 
 def add_preference_options(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +34,8 @@ def add_preference_options(parser: argparse.ArgumentParser) -> None:
         "preference training (with --objective)",
         f"Train from --checkpoint with a preference objective. --steps (default {d.steps}), "
         f"--learning-rate (default {d.learning_rate:g}), --batch-size (default {d.batch_size}) "
-        "and --seed set this run; model and SFT options do not apply.")
+        "and --seed set this run; model and SFT options (and --out, --resume, "
+        "--checkpoint-every) are refused.")
     g.add_argument("--objective", metavar="NAME",
                    help=f"{', '.join(OBJECTIVES)} (or another TRL loss_type name such as "
                         "sigmoid, hinge, sppo_hard)")
@@ -44,7 +54,8 @@ def add_preference_options(parser: argparse.ArgumentParser) -> None:
                    help=f"(default {d.optimizer})")
     g.add_argument("--shape", default="long",
                    help="pair shape or suffix length: single, short, long or 0..12 "
-                        "(default long; ignored for a --data checkpoint)")
+                        "(default long; with --data or a checkpoint trained on a file the "
+                        "pairs are the file's, and a given --shape is noted as unused)")
     g.add_argument("--mitigation", choices=("none", "normalized", "token_mask"),
                    default=d.mitigation, help="pairwise normalized gradient or sparsity-"
                                               "regularized token masking (default none)")
@@ -57,7 +68,8 @@ def add_preference_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--probe-every", type=nonnegative_int, default=d.probe_every,
                    help=f"gradient probes every N steps, 0: none (default {d.probe_every})")
     g.add_argument("--probe-size", type=positive_int, default=d.probe_size,
-                   help=f"probe pairs from the eval split (default {d.probe_size})")
+                   help=f"probe pairs from the eval split, --probe-data or a sample of --data "
+                        f"(default {d.probe_size}; at most as many as there are)")
     g.add_argument("--log", metavar="FILE",
                    help="JSONL log (default runs/preference/<method>.jsonl)")
     g.add_argument("--save", metavar="DIR", help="also save the trained policy as a checkpoint")
@@ -75,42 +87,83 @@ def resolve_sft_defaults(args) -> None:
 
 
 def run_preference(args) -> int:
+    import dataclasses
     from pathlib import Path
 
     from entangle_jax.checkpoint import save_checkpoint
     from entangle_jax.cli import UsageError
     from entangle_jax.data.sentiment import parse_suffix_lengths
-    from entangle_jax.objectives import parse_hparams
     from entangle_jax.train.preference import PreferenceConfig, train_preference
 
-    ckpt = model_from_args(args)
-    if ckpt is None:
-        raise UsageError("--objective needs --model NAME|DIR or --checkpoint DIR (the starting "
-                         "policy)")
+    not_applicable(args, MODEL_OPTIONS, "with --objective: preference training starts from the "
+                                        "--checkpoint/--model as it is")
+    not_applicable(args, ("out", "resume", "checkpoint_every"),
+                   "with --objective: preference training writes --log FILE (and --save DIR)")
+    not_applicable(args, ("vocab_size",), "with --objective: the pairs are read with the "
+                                          "checkpoint's own vocabulary or tokenizer")
+    if not args.data:
+        not_applicable(args, DATA_READING_OPTIONS, "without --data FILE (they read that file)")
     if args.probe_data and not args.data:
         raise UsageError("--probe-data needs --data (the training pairs)")
+    if args.mitigation != "token_mask":
+        not_applicable(args, ("mask_l1", "mask_lr"), "without --mitigation token_mask")
+    if args.mitigation != "normalized":
+        not_applicable(args, ("balanced",), "without --mitigation normalized")
+    if args.probe_every == 0:
+        not_applicable(args, ("probe_size", "probe_data"), "with --probe-every 0 (no probes)")
     lengths = parse_suffix_lengths(args.shape)
     if len(lengths) != 1:
         raise UsageError(f"--shape {args.shape!r}: give one shape or suffix length")
     given = {name: getattr(args, name) for name in SHARED if getattr(args, name) is not None}
     config = PreferenceConfig(
-        objective=args.objective, hparams=parse_hparams(args.hparam),
+        objective=args.objective, hparams=parse_hparam_options(args.hparam),
         mitigation=args.mitigation, balanced=args.balanced, mask_l1=args.mask_l1,
         mask_learning_rate=args.mask_lr, optimizer=args.optimizer, suffix_length=lengths[0],
         probe_every=args.probe_every, probe_size=args.probe_size, train_params=args.train_params,
         seed=args.seed, **given)
+    log = Path(args.log or f"runs/preference/{config.make_method().name}.jsonl")
+    check_output_file(log, "--log")
+    if args.save:
+        check_output_dir(args.save, "--save", ("config.json", "params.npz"))
+    ckpt = model_from_args(args)
+    if ckpt is None:
+        raise UsageError("--objective needs --model NAME|DIR or --checkpoint DIR (the starting "
+                         "policy)")
     data = user_data_from_args(args, ckpt.model_config, ckpt.tokenizer)
     probe_data = (load_data_file(args, args.probe_data, ckpt.model_config, ckpt.tokenizer)
                   if args.probe_data else None)
-    log = Path(args.log or f"runs/preference/{config.make_method().name}.jsonl")
-    run = train_preference(ckpt, config, data=data, probe_data=probe_data, log_path=log)
-    last = next(r for r in reversed(run.records) if r["kind"] == "train")
-    print(f"wrote {log} ({config.steps} steps; last: logps/chosen {last['logps/chosen']:.3f}, "
-          f"logps/rejected {last['logps/rejected']:.3f}, "
-          f"rewards/accuracies {last['rewards/accuracies']:.2f})")
-    if args.save:
-        import dataclasses
-
-        save_checkpoint(args.save, dataclasses.replace(ckpt, params=run.params))
-        print(f"wrote checkpoint {args.save}")
+    from_file = data is not None or (not is_pretrained(ckpt) and ckpt.user_data is not None)
+    if from_file and given_options(args, "shape"):
+        note(f"--shape {args.shape} is not used: the pairs are those of the data file "
+             f"({args.data or ckpt.user_data.path}), not the sentiment task's")
+    if config.probe_every:
+        available, where = _probe_pairs_available(ckpt, data, probe_data)
+        if available is not None and config.probe_size > available:
+            note(f"--probe-size {config.probe_size} is more than the {available} pairs of "
+                 f"{where}: the probes use all {available}")
+    with locked_outputs((log, "--log", "file"), (args.save, "--save")):
+        run = train_preference(ckpt, config, data=data, probe_data=probe_data, log_path=log)
+        last = next(r for r in reversed(run.records) if r["kind"] == "train")
+        print(f"wrote {log} ({config.steps} steps; last: logps/chosen "
+              f"{last['logps/chosen']:.3f}, logps/rejected {last['logps/rejected']:.3f}, "
+              f"rewards/accuracies {last['rewards/accuracies']:.2f})")
+        if args.save:
+            save_checkpoint(args.save, dataclasses.replace(ckpt, params=run.params))
+            print(f"wrote checkpoint {args.save}")
     return 0
+
+
+def _probe_pairs_available(ckpt, data, probe_data) -> tuple[int | None, str]:
+    """How many probe pairs the run can draw from, and from where (``preference_pairs``)."""
+    from entangle_jax.data.sentiment import make_sentiment_data
+    from entangle_jax.data.userdata import load_from_config
+
+    if probe_data is not None:
+        return len(probe_data.records), f"--probe-data {probe_data.config.path}"
+    if data is None and not is_pretrained(ckpt) and ckpt.user_data is not None:
+        data = load_from_config(ckpt.user_data)
+    if data is not None:
+        return len(data.records), f"the training set {data.config.path}"
+    if ckpt.data_config is None:
+        return None, ""
+    return len(make_sentiment_data(ckpt.data_config).eval), "the sentiment task's eval split"
