@@ -337,7 +337,7 @@ def step_check(graphdef, params, pairs: Pairs, coef_w, coef_l, lrs: Sequence[flo
                         coef_l if uniform else nan)
 
 
-def sequence_logps(graphdef, params, pairs: Pairs, *, chunk_size: int = 256):
+def sequence_logps(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None):
     """``([B], [B])`` sequence log-probs of the chosen and rejected responses (host arrays)."""
     tok_w, tok_l = pair_logprobs(graphdef, params, pairs, chunk_size=chunk_size)
     return tok_w.sum(-1), tok_l.sum(-1)
@@ -351,7 +351,7 @@ def objective_weights(objective: Objective, pairs: Pairs, logp_w, logp_l, ref_w,
 
 
 def one_step_check(graphdef, params, pairs: Pairs, objective: Objective,
-                   lrs: Sequence[float] = (), *, ref_logps=None, chunk_size: int = 16,
+                   lrs: Sequence[float] = (), *, ref_logps=None, chunk_size: int | None = None,
                    progress: Callable | None = None) -> OneStepCheck:
     """One gradient-descent step of each size in ``lrs`` on each pair's own ``objective`` loss,
     against the first-order prediction. ``ref_logps=(ref_w, ref_l)`` are the reference model's

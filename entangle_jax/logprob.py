@@ -68,3 +68,10 @@ def lm_loss(graphdef, params, batch: Responses):
     picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     real = jnp.arange(targets.shape[-1]) < (batch.start + batch.length - 1)[:, None]
     return -(picked * real).sum() / real.sum()
+
+
+def response_nll(graphdef, params, batch: Responses):
+    """Mean negative log-likelihood of the response tokens of a batch (the prompt is context,
+    not a target): the fine-tuning objective of a pretrained chat model."""
+    tok = jax.vmap(lambda s: token_logprobs(graphdef, params, s))(batch)
+    return -tok.sum() / batch.length.sum()

@@ -204,6 +204,11 @@ def convert(model: PretrainedModel = SMOLLM2, root: str | Path | None = None) ->
     return directory
 
 
+def pretrained_id(name: str = SMOLLM2.name) -> str:
+    """What identifies a pretrained model's weights: its name and the file's sha256."""
+    return f"{name}-{file_sha256(gguf_path(PRETRAINED[name]))}"
+
+
 def load_pretrained(name: str = SMOLLM2.name, root: str | Path | None = None) -> Checkpoint:
     """The pretrained model ``name`` as a checkpoint: from the cache when it was converted before,
     else converted now (once)."""

@@ -167,14 +167,13 @@ def test_tokenwise_not_applicable_without_positive_pairs_or_uncertainty():
         is Verdict.NOT_APPLICABLE
 
 
-def _condition(agree=True, order=2.0, case4=False, run_agree=True):
+def _condition(agree=True, order=2.0, case4=False, margin_falls=False):
     def make(rng):
         rows = 3 * N  # the pairs of the three shapes
         return {"agree": np.full(rows, agree), "relative_error": rng.uniform(0.01, 0.03, rows),
                 "order": order + rng.normal(0, 0.01, rows), "case4": np.full(rows, case4),
-                "margin_falls": np.zeros(rows, bool), "control_case4": np.ones(rows, bool),
-                "pooled_order": np.full(rows, order), "run_agree": np.full(N, run_agree),
-                "run_predicted_case": np.ones(N, int), "run_actual_case": np.ones(N, int)}
+                "margin_falls": np.full(rows, margin_falls), "control_case4": np.ones(rows, bool),
+                "pooled_order": np.full(rows, order)}
     return _seeds(make)
 
 
@@ -184,7 +183,7 @@ def test_gradient_condition_holds_when_every_check_passes():
 
 
 @pytest.mark.parametrize("kwargs", [{"agree": False}, {"order": 1.0}, {"order": 3.0},
-                                    {"case4": True}, {"run_agree": False}])
+                                    {"case4": True}, {"margin_falls": True}])
 def test_gradient_condition_fails_when_one_check_fails(kwargs):
     ev = gradient_condition.evaluate(_condition(**kwargs), SETTINGS)
     assert ev.verdict is Verdict.FAILS

@@ -19,6 +19,16 @@ from entangle_jax.data.sentiment import Statement, response_words
 from entangle_jax.data.vocab import Vocab
 
 
+#: Sequence lengths of a pretrained model's batches are rounded up to a multiple of this, so that
+#: data of similar lengths share one compiled shape.
+SEQ_LEN_MULTIPLE = 16
+
+
+def padded_length(n: int) -> int:
+    """``n`` rounded up to a multiple of ``SEQ_LEN_MULTIPLE``."""
+    return -(-n // SEQ_LEN_MULTIPLE) * SEQ_LEN_MULTIPLE
+
+
 @struct.dataclass
 class Responses:
     """A batch of prompt + response sequences (leading axes are batch axes)."""

@@ -35,14 +35,10 @@ import numpy as np
 
 from entangle_jax.config import ConfigError, require
 from entangle_jax.data.bpe import ChatTokenizer
-from entangle_jax.data.pairs import Pairs, Responses, encode_responses, pack_responses
+from entangle_jax.data.pairs import (Pairs, Responses, encode_responses,
+                                     pack_responses, padded_length)
 from entangle_jax.data.records import DataError, PreferenceRecord, read_records, tokenize
 from entangle_jax.data.vocab import SPECIAL_TOKENS, Vocab
-
-#: Sequence lengths of a pretrained model's batches are rounded up to a multiple of this, so that
-#: data of similar lengths share one compiled shape.
-SEQ_LEN_MULTIPLE = 16
-
 
 def build_vocab(records: Sequence[PreferenceRecord], max_size: int) -> Vocab:
     """The ``max_size - 3`` most frequent words (ties broken alphabetically) after ``<pad>``,
@@ -227,10 +223,6 @@ class EncodedPairs:
                 "window": int(self.pairs.chosen.window)}
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def _pack_pairs(prompts: list, chosen: list, rejected: list, seq_len: int, window: int,
                 pad_id: int) -> Pairs:
     return Pairs(pack_responses(prompts, chosen, seq_len, window, pad_id),
@@ -285,7 +277,7 @@ def encode_pairs(data: PreferenceData, tokenizer: Vocab | ChatTokenizer,
     window = max(max(len(r[4]), len(r[5])) for r in kept)
     longest = max(len(r[1]) + max(len(r[4]), len(r[5])) for r in kept)
     seq_len = max_len if isinstance(tokenizer, Vocab) else min(
-        max_len, _round_up(longest, SEQ_LEN_MULTIPLE))
+        max_len, padded_length(longest))
     pairs = _pack_pairs([r[1] for r in kept], [r[4] for r in kept], [r[5] for r in kept],
                         seq_len, window, tokenizer.pad_id)
     return EncodedPairs(pairs, tuple(r[0] for r in kept), np.asarray([r[2] for r in kept]),
@@ -314,7 +306,7 @@ def encode_probes(data: PreferenceData, tokenizer: Vocab | ChatTokenizer,
         window = max(map(len, responses))
         longest = max(len(prompts[k]) + len(r) for k, r in zip(rows, responses))
         seq_len = max_len if isinstance(tokenizer, Vocab) else min(
-            max_len, _round_up(longest, SEQ_LEN_MULTIPLE))
+            max_len, padded_length(longest))
         out[name] = ProbeSet(rows, pack_responses([prompts[k] for k in rows], responses,
                                                   seq_len, window, tokenizer.pad_id))
     return out

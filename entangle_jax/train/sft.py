@@ -219,3 +219,57 @@ def cached_sft_on(model_config: ModelConfig, data, sft_config: SFTConfig, *,
     ckpt = train_sft(model_config, data, sft_config, progress=progress)
     save_checkpoint(directory, ckpt)
     return ckpt
+
+
+def finetune(base: Checkpoint, data, config: SFTConfig, train_params: str = "all", *,
+             progress: bool = True) -> Checkpoint:
+    """Supervised fine-tuning of a pretrained chat model on the chat sentiment task (``data``: a
+    ``ChatSentimentData``): ``config.steps`` AdamW steps on the response tokens of prompt +
+    true sentiment (flipped with probability ``label_flip``) with a random suffix, training the
+    parameter subset ``train_params`` (``train.subsets``). Deterministic for ``config.seed``."""
+    from entangle_jax.data.chat_sentiment import chat_seq_len, chat_sft_batch
+    from entangle_jax.logprob import response_nll
+    from entangle_jax.train.subsets import parse_subset
+
+    subset = parse_subset(train_params)
+    graphdef, tokenizer = base.graphdef, base.tokenizer
+    trainable = subset.init(base.params, jax.random.key(config.seed))
+    tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+    opt_state = tx.init(trainable)
+    rng = np.random.default_rng([config.seed, 5])
+    seq_len = chat_seq_len(data, tokenizer)
+
+    @jax.jit
+    def step(trainable, opt_state, batch):
+        loss, grads = jax.value_and_grad(
+            lambda t: response_nll(graphdef, subset.apply(base.params, t), batch))(trainable)
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        new = optax.apply_updates(trainable, updates)
+        return new, opt_state, loss, finite_flags(loss=loss, gradient=grads, parameters=new)
+
+    bar = tqdm(range(config.steps), desc="finetune", disable=not progress, leave=False)
+    for k in bar:
+        batch = chat_sft_batch(data, tokenizer, config.label_flip, config.batch_size, seq_len,
+                               rng)
+        trainable, opt_state, loss, flags = step(trainable, opt_state, batch)
+        check_finite(k + 1, flags)
+        bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+    return dataclasses.replace(base, params=subset.apply(base.params, trainable),
+                               sft_config=config)
+
+
+def cached_finetune(base: Checkpoint, base_id: str, data, config: SFTConfig,
+                    train_params: str = "all", *, cache_dir: str | Path = ".cache/models",
+                    progress: bool = True) -> Checkpoint:
+    """``finetune``, reused from ``cache_dir`` when the same base (``base_id``), task, SFT
+    config and subset were trained before."""
+    key = json_hash({"base": base_id, "task": to_dict(data.config), "sft": to_dict(config),
+                     "train_params": train_params})
+    directory = Path(cache_dir) / f"finetune-{key}"
+    try:
+        return load_checkpoint(directory)
+    except CheckpointError:
+        pass
+    ckpt = finetune(base, data, config, train_params, progress=progress)
+    save_checkpoint(directory, ckpt)
+    return ckpt

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 
 from entangle_jax.checkpoint import Checkpoint
-from entangle_jax.data.pairs import Pairs, sentiment_pairs
-from entangle_jax.data.sentiment import SentimentData, make_sentiment_data, response_window
+from entangle_jax.data.pairs import Pairs
+from entangle_jax.data.tasks import make_task_data, task_pairs
 from entangle_jax.gradients import OutputLayerCheck, PairGeometry, TokenGrams, output_layer_check
 from entangle_jax.gradients import pair_geometry, token_grams
 from entangle_jax.models import in_precision
@@ -38,6 +38,8 @@ class ModelContext:
         self.ckpt, self.regime, self.seed, self.settings = ckpt, regime, seed, settings
         _, self.graphdef, self.params = in_precision(ckpt.model_config, ckpt.params,
                                                      settings.precision)
+        # per-example gradients of a pretrained model do not fit memory in chunks: stream taps
+        self.implementation = "auto" if settings.pretrained else "materialize"
         self._pairs: dict[int, Pairs] = {}
         self._geometry: dict[int, PairGeometry] = {}
         self._grams: dict[int, TokenGrams] = {}
@@ -50,8 +52,10 @@ class ModelContext:
         return self._memo[key]
 
     @cached_property
-    def data(self) -> SentimentData:
-        return make_sentiment_data(self.settings.data_config(self.seed))
+    def data(self):
+        """The seed's sentiment task (``data.tasks``): words for a tiny model, the chat task for
+        a pretrained one."""
+        return make_task_data(self.settings.task_config(self.seed), self.ckpt.tokenizer)
 
     @property
     def resolution(self) -> float:
@@ -61,16 +65,16 @@ class ModelContext:
         """The first ``n_pairs`` eval statements (the split is already shuffled by the data seed)
         as pairs with a shared suffix of ``suffix_length`` tokens."""
         if suffix_length not in self._pairs:
-            statements = self.data.eval[:self.settings.n_pairs]
-            self._pairs[suffix_length] = sentiment_pairs(
-                statements, self.ckpt.tokenizer, suffix_length, self.ckpt.model_config.max_len,
-                response_window(self.data.config))
+            self._pairs[suffix_length] = task_pairs(
+                self.data, self.ckpt.tokenizer, self.data.eval[:self.settings.n_pairs],
+                suffix_length, self.ckpt.model_config.max_len)
         return self._pairs[suffix_length]
 
     def geometry(self, suffix_length: int) -> PairGeometry:
         if suffix_length not in self._geometry:
-            self._geometry[suffix_length] = pair_geometry(self.graphdef, self.params,
-                                                          self.pairs(suffix_length))
+            self._geometry[suffix_length] = pair_geometry(
+                self.graphdef, self.params, self.pairs(suffix_length),
+                implementation=self.implementation)
         return self._geometry[suffix_length]
 
     def geometry_by_length(self) -> dict[str, np.ndarray]:
@@ -81,8 +85,9 @@ class ModelContext:
 
     def grams(self, suffix_length: int) -> TokenGrams:
         if suffix_length not in self._grams:
-            self._grams[suffix_length] = token_grams(self.graphdef, self.params,
-                                                     self.pairs(suffix_length))
+            self._grams[suffix_length] = token_grams(
+                self.graphdef, self.params, self.pairs(suffix_length),
+                implementation=self.implementation)
         return self._grams[suffix_length]
 
     @cached_property
@@ -91,6 +96,9 @@ class ModelContext:
         return output_layer_check(self.graphdef, self.params, self.pairs(0))
 
     @cached_property
-    def ntk(self) -> SentimentNTK:
-        """The explicit logit-eNTK form on the first ``ntk_pairs`` pairs."""
+    def ntk(self) -> SentimentNTK | None:
+        """The explicit logit-eNTK form on the first ``ntk_pairs`` pairs (None with a tied
+        embedding, where the form does not separate: ``verify.ntk``)."""
+        if self.ckpt.model_config.tie_embeddings:
+            return None
         return sentiment_ntk(self.graphdef, self.params, self.pairs(0)[:self.settings.ntk_pairs])

@@ -12,15 +12,24 @@ import dataclasses
 from dataclasses import dataclass
 
 from entangle_jax.config import ConfigError, DataConfig, ModelConfig, SFTConfig, require
+from entangle_jax.data.chat_sentiment import ChatSentimentConfig
 from entangle_jax.data.sentiment import SHAPES
 from entangle_jax.verify.stats import RESOLUTION
 
 
 @dataclass(frozen=True)
 class Regime:
+    """A training recipe. A tiny regime trains a tiny model from scratch (``sft``); a pretrained
+    regime starts from ``pretrained`` (a name of ``entangle_jax.pretrained``) and fine-tunes the
+    parameter subset ``train_params`` for ``sft.steps`` steps (none: the model as shipped).
+    ``stands_for`` names the tiny regime whose role it plays for the claims' headlines."""
+
     name: str
     description: str
     sft: SFTConfig
+    pretrained: str | None = None
+    train_params: str = "all"
+    stands_for: str | None = None
 
     def sft_config(self, seed: int) -> SFTConfig:
         return dataclasses.replace(self.sft, seed=seed)
@@ -42,6 +51,18 @@ REGIMES: tuple[Regime, ...] = (
            SFTConfig(pretrain_steps=300, steps=50)),
 )
 
+#: The pretrained model's regimes (``entangle verify --real``). Seeds draw the eval pairs and,
+#: where it trains, the run.
+REAL_REGIMES: tuple[Regime, ...] = (
+    Regime("smollm2", "SmolLM2-135M-Instruct as shipped, zero-shot: the closest to the paper's "
+           "pretrained models", SFTConfig(steps=0), pretrained="smollm2", stands_for="pretrained"),
+    Regime("smollm2_sft", "SmolLM2-135M-Instruct after 40 AdamW steps (batch 16, learning rate "
+           "1e-4) on the last 2 blocks and the final norm, on the chat sentiment task with 30% "
+           "of the labels flipped: it answers with a sentiment word and stays uncertain",
+           SFTConfig(steps=40, batch_size=16, learning_rate=1e-4, weight_decay=0.0,
+                     label_flip=0.3), pretrained="smollm2", train_params="last:2",
+           stands_for="uncertain_sft"),
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,7 @@ class VerifySettings:
     ntk_pairs: int = 8
     precision: str = "float64"
     n_boot: int = 2000
+    chat: ChatSentimentConfig = ChatSentimentConfig()
 
     def __post_init__(self):
         require(self, "seeds", len(self.seeds) > 0
@@ -87,6 +109,14 @@ class VerifySettings:
         names = [r.name for r in self.regimes]
         require(self, "regimes", len(names) > 0 and len(set(names)) == len(names),
                 "must be distinct regimes, at least one")
+        require(self, "regimes", len({r.pretrained is None for r in self.regimes}) == 1,
+                "must be all tiny or all pretrained (their tasks differ)")
+        require(self, "long_suffix", self.long_suffix <= self.max_suffix,
+                f"must be at most the task's longest suffix {self.max_suffix}")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.regimes[0].pretrained is not None
 
     @property
     def resolution(self) -> float:
@@ -94,7 +124,7 @@ class VerifySettings:
 
     @property
     def max_suffix(self) -> int:
-        return self.data.max_suffix_length
+        return (self.chat if self.pretrained else self.data).max_suffix_length
 
     @property
     def shapes(self) -> tuple[int, ...]:
@@ -104,9 +134,17 @@ class VerifySettings:
     def data_config(self, seed: int) -> DataConfig:
         return dataclasses.replace(self.data, seed=seed)
 
+    def task_config(self, seed: int):
+        """The sentiment task of seed ``seed``: the chat task for pretrained regimes."""
+        return dataclasses.replace(self.chat if self.pretrained else self.data, seed=seed)
+
     def regime(self, name: str) -> Regime:
+        """The regime called ``name``, or the one that stands for it."""
         for r in self.regimes:
             if r.name == name:
+                return r
+        for r in self.regimes:
+            if r.stands_for == name:
                 return r
         raise ConfigError(f"regime {name!r} is unknown; known: "
                           f"{', '.join(r.name for r in self.regimes)}")
@@ -116,3 +154,11 @@ def quick_settings(**overrides) -> VerifySettings:
     """A smoke run: one seed and 16 pairs per regime (every check still runs)."""
     return VerifySettings(**{"seeds": (0,), "n_pairs": 16, "ntk_pairs": 2, "n_boot": 500,
                              **overrides})
+
+
+def real_settings(**overrides) -> VerifySettings:
+    """The pretrained model's regimes on the chat sentiment task (suffixes up to the paper's long
+    one, L ≤ 6), 3 seeds of 64 pairs, in float32 (2 CPU cores cannot afford float64 there;
+    signs are resolved at float32's resolution)."""
+    return VerifySettings(**{"regimes": REAL_REGIMES, "precision": "float32",
+                             "chat": ChatSentimentConfig(max_suffix_length=6), **overrides})

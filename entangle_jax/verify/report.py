@@ -46,9 +46,10 @@ def build_report(settings, claims: Sequence, rows: dict[str, list[dict]], timing
     out = []
     for claim in claims:
         regimes = rows[claim.id]
-        headline = next(r for r in regimes if r["regime"] == claim.headline_regime)
+        own = settings.regime(claim.headline_regime).name
+        headline = next(r for r in regimes if r["regime"] == own)
         out.append({"id": claim.id, "statement": claim.statement,
-                    "headline_regime": claim.headline_regime,
+                    "headline_regime": own,
                     "headline_verdict": headline["verdict"], "regimes": regimes})
     return {"claims": out, "versions": versions(), "config_hash": config_hash(settings),
             "settings": dataclasses.asdict(settings), "machine": machine(),

@@ -10,7 +10,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from entangle_jax.config import ConfigError
-from entangle_jax.train.sft import cached_sft
+from entangle_jax.data.tasks import make_task_data
+from entangle_jax.pretrained import load_pretrained, pretrained_id
+from entangle_jax.train.sft import cached_finetune, cached_sft
 from entangle_jax.verify.claims import CLAIMS, Claim
 from entangle_jax.verify.context import ModelContext, precision_scope
 from entangle_jax.verify.regimes import VerifySettings
@@ -27,6 +29,22 @@ def select_claims(only: Sequence[str] | None = None) -> tuple[Claim, ...]:
     if unknown:
         raise ConfigError(f"claim {unknown[0]!r} is unknown; known: {', '.join(known)}")
     return tuple(c for c in CLAIMS if c.id in only)
+
+
+def regime_model(settings: VerifySettings, regime, seed: int, *,
+                 cache_dir: str | Path = ".cache/models", progress: bool = True):
+    """The model of ``regime`` at ``seed``: a tiny model trained from scratch, or a pretrained
+    one as shipped or fine-tuned on the seed's chat sentiment task (both cached)."""
+    if regime.pretrained is None:
+        return cached_sft(settings.model, settings.data_config(seed), regime.sft_config(seed),
+                          cache_dir=cache_dir, progress=progress)
+    base = load_pretrained(regime.pretrained)
+    if regime.sft.steps == 0:
+        return base
+    task = make_task_data(settings.task_config(seed), base.tokenizer)
+    return cached_finetune(base, pretrained_id(regime.pretrained), task,
+                           regime.sft_config(seed), regime.train_params, cache_dir=cache_dir,
+                           progress=progress)
 
 
 def run_verify(settings: VerifySettings, claims: Sequence[Claim] = CLAIMS, *,
@@ -48,8 +66,7 @@ def run_verify(settings: VerifySettings, claims: Sequence[Claim] = CLAIMS, *,
         if seed == settings.seeds[0]:
             measured = {c.id: [] for c in claims}
         t0 = time.perf_counter()
-        ckpt = cached_sft(settings.model, settings.data_config(seed), regime.sft_config(seed),
-                          cache_dir=cache_dir, progress=progress)
+        ckpt = regime_model(settings, regime, seed, cache_dir=cache_dir, progress=progress)
         t_model = time.perf_counter() - t0
         timings["models"][f"{regime.name}/seed{seed}"] = t_model
         parts = [f"model {t_model:.1f}s"]
