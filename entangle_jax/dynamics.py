@@ -377,44 +377,55 @@ def auto_learning_rate(rate_w, rate_l, target_change: float = 0.05) -> float:
 # Any update: first-order change ⟨∇f, u⟩, a batched SGD step and Adam
 # ------------------------------------------------------------------------------------------
 
-@partial(jax.jit, static_argnums=0)
-def _update_changes_chunk(graphdef, params, responses: Responses, update):
-    return jax.jvp(lambda p: batch_sequence_logprobs(graphdef, p, responses), (params,), (update,))
+def _full(params, subset, base):
+    """The model's parameters from ``params``: themselves, or a subset's state over ``base``."""
+    return params if subset is None else subset.apply(base, params)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "subset"))
+def _update_changes_chunk(params, responses: Responses, update, base, *, graphdef, subset):
+    return jax.jvp(lambda p: batch_sequence_logprobs(graphdef, _full(p, subset, base), responses),
+                   (params,), (update,))
 
 
 def update_changes(graphdef, params, responses: Responses, update, *,
-                   chunk_size: int | None = None):
+                   chunk_size: int | None = None, subset=None, base=None):
     """``(log π, ⟨∇ log π, u⟩)`` ``[B]`` for every response under the parameter update ``u``
     (a Jacobian-vector product: the first-order change of each log-prob), in chunks of responses
-    (by default as many as fit the memory budget, up to 256; host arrays)."""
+    (by default as many as fit the memory budget, up to 256; host arrays). With a ``subset``
+    (``train.subsets``), ``params`` and ``u`` live in its trainable state over ``base``."""
     if chunk_size is None:
-        chunk_size = _sequences_per_chunk(graphdef, params, responses, copies=0, passes=2,
-                                          cap=256)
-    return _chunked(partial(_update_changes_chunk, graphdef, params), (responses,),
-                    int(responses.tokens.shape[0]), chunk_size, update)
+        chunk_size = _sequences_per_chunk(graphdef, _full(params, subset, base), responses,
+                                          copies=0, passes=2, cap=256)
+    fn = partial(_update_changes_chunk, graphdef=graphdef, subset=subset)
+    return _chunked(lambda r, u, b: fn(params, r, u, b), (responses,),
+                    int(responses.tokens.shape[0]), chunk_size, update, base)
 
 
-@partial(jax.jit, static_argnums=0)
-def _summed_update(graphdef, params, pairs: Pairs, coef_w, coef_l):
-    return jax.grad(lambda p: coefficient_surrogate(graphdef, p, pairs, coef_w, coef_l)
-                    * coef_w.shape[0])(params)
+@partial(jax.jit, static_argnames=("graphdef", "subset"))
+def _summed_update(params, pairs: Pairs, coef_w, coef_l, base, *, graphdef, subset):
+    return jax.grad(lambda p: coefficient_surrogate(graphdef, _full(p, subset, base), pairs,
+                                                    coef_w, coef_l) * coef_w.shape[0])(params)
 
 
 def batch_coefficient_update(graphdef, params, pairs: Pairs, coef_w, coef_l, *,
-                             chunk_size: int | None = None):
+                             chunk_size: int | None = None, subset=None, base=None):
     """``coefficient_update`` of a whole batch, accumulated over chunks of pairs (by default as
     many as fit the memory budget, up to 256): ``u = (1/B) Σ_chunks Σ_b …``; padding rows of the
-    last chunk carry zero coefficients."""
+    last chunk carry zero coefficients. With a ``subset``, ``u`` lives in its trainable state
+    (``params``) over ``base``."""
     n = len(pairs)
     if chunk_size is None:
-        chunk_size = _sequences_per_chunk(graphdef, params, pairs.chosen, copies=0, passes=4,
-                                          cap=256)
+        chunk_size = _sequences_per_chunk(graphdef, _full(params, subset, base), pairs.chosen,
+                                          copies=0, passes=4, cap=256)
+    coef_w, coef_l = jnp.asarray(coef_w), jnp.asarray(coef_l)
     total = None
     for lo in range(0, n, chunk_size):
         idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
         real = (np.arange(lo, lo + chunk_size) < n)[:, None]
-        part = _summed_update(graphdef, params, pairs[idx], jnp.where(real, coef_w[idx], 0),
-                              jnp.where(real, coef_l[idx], 0))
+        part = _summed_update(params, pairs[idx], jnp.where(real, coef_w[idx], 0),
+                              jnp.where(real, coef_l[idx], 0), base, graphdef=graphdef,
+                              subset=subset)
         total = part if total is None else jax.tree.map(jnp.add, total, part)
     return jax.tree.map(lambda x: x / n, total)
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from entangle_jax.verify import Verdict, VerifySettings
-from entangle_jax.verify.claims import (gradient_condition, mitigation, output_layer, theorem1,
-                                        theorem3, tokenwise)
+from entangle_jax.verify.claims import (batched_dynamics, gradient_condition, mitigation,
+                                        output_layer, theorem1, theorem3, tokenwise)
 
 SETTINGS = VerifySettings(n_boot=200)
 N, SEEDS = 64, 3
@@ -227,3 +227,36 @@ def test_mitigation_fails_when_real_steps_leave_case1():
     for m in per_seed:
         m["real_case1"][: N // 2] = False
     assert mitigation.evaluate(per_seed, SETTINGS).verdict is Verdict.FAILS
+
+
+def _batched(agree=True, error=0.03, own_agree=0.5):
+    def make(rng):
+        out = {}
+        for optimizer in batched_dynamics.SETTINGS:
+            for name in batched_dynamics.SETS:
+                out[f"{optimizer}_{name}_agree"] = np.full((N, 2), agree)
+                out[f"{optimizer}_{name}_error"] = rng.uniform(0.5, 1.5, (N, 2)) * error
+        out["own_term_agree"] = rng.random((N, 2)) < own_agree
+        positive = np.arange(N) % 3 == 0
+        out.update(imbalance=np.full(N, 0.02), falls_w=positive, positive=positive,
+                   stratified_falls_w=np.zeros(N, bool))
+        return out
+    return _seeds(make)
+
+
+def test_batched_dynamics_holds_and_its_control_fails():
+    ev = batched_dynamics.evaluate(_batched(), SETTINGS)
+    assert ev.verdict is Verdict.HOLDS and ev.control_ok is True  # the own term fails, as it should
+    assert len(ev.checks) == 2 * len(batched_dynamics.SETTINGS) * len(batched_dynamics.SETS)
+    seed = ev.details["seeds"][0]
+    assert seed["batch_imbalance_positive_minus_half"] == pytest.approx(0.02)
+    assert seed["held_out_log_pi_w_falls_by_class"] == {"positive": 1.0, "negative": 0.0}
+
+
+@pytest.mark.parametrize("kwargs", [{"agree": False}, {"error": 0.3}])
+def test_batched_dynamics_fails_with_wrong_signs_or_large_errors(kwargs):
+    assert batched_dynamics.evaluate(_batched(**kwargs), SETTINGS).verdict is Verdict.FAILS
+
+
+def test_batched_dynamics_flags_an_own_term_control_that_passes():
+    assert batched_dynamics.evaluate(_batched(own_agree=1.0), SETTINGS).control_ok is False

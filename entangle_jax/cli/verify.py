@@ -7,7 +7,7 @@ from __future__ import annotations
 
 CLAIM_IDS = ("theorem1_single_token", "output_layer_identity", "theorem3_suffix_positive",
              "theorem3_suffix_growth", "tokenwise_sentiment_negative", "gradient_condition",
-             "normalized_mitigation")
+             "batched_dynamics", "normalized_mitigation")
 
 
 def add_parser(subparsers) -> None:

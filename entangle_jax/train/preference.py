@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from entangle_jax.checkpoint import Checkpoint
 from entangle_jax.config import (ConfigError, nonnegative_ints, positive_ints, require,
                                  to_dict)
-from entangle_jax.data.pairs import Pairs, sentiment_pairs
-from entangle_jax.data.sentiment import make_sentiment_data, response_window
+from entangle_jax.data.pairs import Pairs
+from entangle_jax.data.tasks import make_task_data, task_pairs
 from entangle_jax.data.records import PROBE_KINDS
 from entangle_jax.dynamics import (OPTIMIZERS, case_fractions, coefficient_surrogate,
                                    make_optimizer, pair_logprobs, response_logprobs, step_check)
@@ -57,7 +57,8 @@ class PreferenceConfig:
     the mean of d_w, d_l on both sides) or ``token_mask`` (``mask_l1`` = λ,
     ``mask_learning_rate``). ``suffix_length`` picks the pair shape (0 single, 2 short, 6 long).
     ``probe_every=0`` turns the probes off. ``train_params`` names the trained parameters
-    (``train.subsets``: ``all``, ``last:K``, ``lora:R``)."""
+    (``train.subsets``: ``all``, ``last:K``, ``lora:R``); ``stratify`` draws class-balanced
+    batches (``draw_batches``)."""
 
     objective: str = "dpo"
     hparams: Any = ()
@@ -73,6 +74,7 @@ class PreferenceConfig:
     probe_every: int = 10
     probe_size: int = 64
     train_params: str = "all"
+    stratify: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -89,6 +91,7 @@ class PreferenceConfig:
         require(self, "mask_l1", isinstance(self.mask_l1, (int, float)) and self.mask_l1 >= 0,
                 "must be >= 0")
         positive_ints(self, "steps", "batch_size", "probe_size")
+        require(self, "stratify", isinstance(self.stratify, bool), "must be true or false")
         nonnegative_ints(self, "probe_every", "seed", "suffix_length")
         subset = self.subset()
         require(self, "train_params", self.mitigation != "normalized"
@@ -119,23 +122,26 @@ class PreferenceRun:
 
 @dataclass(frozen=True)
 class PreferenceSets:
-    """What a run trains on and probes: ``train`` pairs, ``probe`` pairs and the probe responses
-    of the probe prompts (``{field: ProbeSet}``, empty without them)."""
+    """What a run trains on and probes: ``train`` pairs, ``probe`` pairs, the probe responses of
+    the probe prompts (``{field: ProbeSet}``, empty without them) and, for the sentiment task,
+    each training pair's class (``labels[i]``: its chosen response is the positive answer)."""
 
     train: Pairs
     probe: Pairs
     responses: dict
+    labels: np.ndarray | None = None
 
 
 def preference_pairs(ckpt: Checkpoint, config: "PreferenceConfig", data=None,
-                     probe_data=None) -> PreferenceSets:
+                     probe_data=None, task=None) -> PreferenceSets:
     """Training and probe pairs for a run from ``ckpt``.
 
     - ``data`` (a ``PreferenceData``, encoded with the checkpoint's tokenizer) trains; the probes
       are the first ``probe_size`` records of ``probe_data`` (held-out prompts, with their probe
       responses) or, without it, a fixed sample of the training pairs (drawn with ``seed``).
     - Without ``data``, a checkpoint trained on a user's file trains on that file, as above.
-    - Otherwise the sentiment task: the train split and the first ``probe_size`` eval statements,
+    - Otherwise the sentiment task (``task``, a task's data of ``data.tasks``, or the one the
+      checkpoint was trained on): the train split and the first ``probe_size`` eval statements,
       with suffixes of ``suffix_length``."""
     from entangle_jax.data.userdata import encode_pairs, encode_probes, load_from_config
 
@@ -153,20 +159,47 @@ def preference_pairs(ckpt: Checkpoint, config: "PreferenceConfig", data=None,
                              range(min(config.probe_size, len(probe_data.records))), max_len)
         return PreferenceSets(train, probe.pairs,
                               encode_probes(probe_data, ckpt.tokenizer, probe, max_len))
-    if ckpt.data_config is None:
-        raise ConfigError("the checkpoint records no data config; preference pairs need one "
-                          "(give a data file)")
-    if config.suffix_length > ckpt.data_config.max_suffix_length:
-        raise ConfigError(f"suffix_length={config.suffix_length} is invalid: the checkpoint's "
-                          f"data allows 0..{ckpt.data_config.max_suffix_length}")
-    sentiment = make_sentiment_data(ckpt.data_config)
-    window = response_window(ckpt.data_config)
+    if task is None:
+        if ckpt.data_config is None:
+            raise ConfigError("the checkpoint records no data config; preference pairs need one "
+                              "(give a data file)")
+        task = make_task_data(ckpt.data_config, ckpt.tokenizer)
+    if config.suffix_length > task.config.max_suffix_length:
+        raise ConfigError(f"suffix_length={config.suffix_length} is invalid: the task allows "
+                          f"0..{task.config.max_suffix_length}")
 
     def make(statements):
-        return sentiment_pairs(statements, ckpt.tokenizer, config.suffix_length,
-                               ckpt.model_config.max_len, window)
+        return task_pairs(task, ckpt.tokenizer, statements, config.suffix_length,
+                          ckpt.model_config.max_len)
 
-    return PreferenceSets(make(sentiment.train), make(sentiment.eval[:config.probe_size]), {})
+    return PreferenceSets(make(task.train), make(task.eval[:config.probe_size]), {},
+                          np.asarray([s.positive for s in task.train]))
+
+
+def draw_batches(n_train: int, config: "PreferenceConfig", labels=None) -> np.ndarray:
+    """``[steps, batch_size]`` indices of the training pairs each step draws (without replacement
+    within a step; deterministic for ``config.seed``). With ``config.stratify`` every batch holds
+    the two classes of ``labels`` in equal numbers (the odd one alternating), so no step favours
+    one class; plain draws follow the sample's imbalance."""
+    rng = np.random.default_rng([config.seed, 3])
+    if not config.stratify:
+        return np.stack([rng.choice(n_train, config.batch_size, replace=False)
+                         for _ in range(config.steps)])
+    if labels is None:
+        raise ConfigError("stratify=True needs class labels (the sentiment task has them; a data "
+                          "file does not)")
+    classes = [np.flatnonzero(np.asarray(labels) == c) for c in (True, False)]
+    batches = []
+    for step in range(config.steps):
+        first = config.batch_size // 2 + (config.batch_size % 2) * (step % 2)
+        sizes = (first, config.batch_size - first)
+        if any(size > len(idx) for size, idx in zip(sizes, classes)):
+            raise ConfigError(f"batch_size={config.batch_size} is invalid with stratify: a class "
+                              f"has only {min(map(len, classes))} pairs")
+        batch = np.concatenate([rng.choice(idx, size, replace=False)
+                                for idx, size in zip(classes, sizes)])
+        batches.append(rng.permutation(batch))
+    return np.stack(batches)
 
 
 def _mean(x) -> float:
@@ -210,7 +243,7 @@ def _probe_coefficients(params, extra, probe, ref_tok_w, ref_tok_l, *, graphdef,
 
 
 def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, probe_data=None,
-                     log_path: str | Path | None = None, progress: bool = True,
+                     task=None, log_path: str | Path | None = None, progress: bool = True,
                      mesh=None) -> PreferenceRun:
     """Train ``config``'s method from ``ckpt`` (policy and frozen reference) on the pairs of
     ``preference_pairs`` (``data`` and held-out ``probe_data``, both ``PreferenceData``, or the
@@ -222,7 +255,7 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, p
     method, subset = config.make_method(), config.subset()
     objective = method.objective
     graphdef = ckpt.graphdef
-    sets = preference_pairs(ckpt, config, data, probe_data)
+    sets = preference_pairs(ckpt, config, data, probe_data, task)
     train, probe = sets.train, sets.probe
     if config.batch_size > len(train):
         raise ConfigError(f"batch_size={config.batch_size} is invalid: only {len(train)} "
@@ -292,13 +325,13 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, p
         emit(header)
         extra = method.init_extra(train.chosen.window)
         opt_state = tx.init(trainable)
-        rng = np.random.default_rng([config.seed, 3])
+        batches = draw_batches(len(train), config, sets.labels)
         probing = config.probe_every > 0
         if probing:
             emit(run_probe(0, base, extra))
         bar = tqdm(range(1, config.steps + 1), desc=method.name, disable=not progress)
         for step in bar:
-            idx = rng.choice(len(train), config.batch_size, replace=False)
+            idx = batches[step - 1]
             trainable, opt_state, extra, metrics, flags = _train_step(
                 trainable, opt_state, extra, place(train[idx]), ref_train[0][idx],
                 ref_train[1][idx], base, **static)
@@ -335,5 +368,6 @@ def read_log(path: str | Path) -> list[dict]:
     return records
 
 
-__all__ = ["PreferenceConfig", "PreferenceRun", "preference_pairs", "read_log",
+__all__ = ["PreferenceConfig", "PreferenceRun", "PreferenceSets", "draw_batches",
+           "preference_pairs", "read_log",
            "train_preference"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from entangle_jax.config import ConfigError, DataConfig, ModelConfig, SFTConfig, require
+from entangle_jax.config import (ConfigError, DataConfig, ModelConfig, SFTConfig, positive_ints,
+                                 require)
 from entangle_jax.data.chat_sentiment import ChatSentimentConfig
 from entangle_jax.data.sentiment import SHAPES
 from entangle_jax.verify.stats import RESOLUTION
@@ -74,7 +75,9 @@ class VerifySettings:
     the suffix of the token-wise Gram and of the short DPO run, and with 0 and 2 (single, short)
     one of the ``shapes`` of the one-step checks;
     ``ntk_pairs`` pairs per seed get the explicit logit eNTK; ``precision`` of the gradient
-    arithmetic (the models train in float32; their parameters are cast for the checks)."""
+    arithmetic (the models train in float32; their parameters are cast for the checks);
+    ``run_*`` the short batched DPO run of ``batched_dynamics`` (steps, batch, trained
+    parameters); ``chat`` the task of pretrained regimes."""
 
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -86,6 +89,9 @@ class VerifySettings:
     precision: str = "float64"
     n_boot: int = 2000
     chat: ChatSentimentConfig = ChatSentimentConfig()
+    run_steps: int = 20
+    run_batch: int = 32
+    run_train_params: str = "all"
 
     def __post_init__(self):
         require(self, "seeds", len(self.seeds) > 0
@@ -106,6 +112,7 @@ class VerifySettings:
                 f"one of {', '.join(RESOLUTION)}")
         require(self, "n_boot", isinstance(self.n_boot, int) and self.n_boot >= 100,
                 "must be an integer >= 100")
+        positive_ints(self, "run_steps", "run_batch")
         names = [r.name for r in self.regimes]
         require(self, "regimes", len(names) > 0 and len(set(names)) == len(names),
                 "must be distinct regimes, at least one")
@@ -159,6 +166,8 @@ def quick_settings(**overrides) -> VerifySettings:
 def real_settings(**overrides) -> VerifySettings:
     """The pretrained model's regimes on the chat sentiment task (suffixes up to the paper's long
     one, L ≤ 6), 3 seeds of 64 pairs, in float32 (2 CPU cores cannot afford float64 there;
-    signs are resolved at float32's resolution)."""
+    signs are resolved at float32's resolution); the batched run trains the last 2 blocks, 10
+    steps of 16 pairs."""
     return VerifySettings(**{"regimes": REAL_REGIMES, "precision": "float32",
-                             "chat": ChatSentimentConfig(max_suffix_length=6), **overrides})
+                             "chat": ChatSentimentConfig(max_suffix_length=6), "run_steps": 10,
+                             "run_batch": 16, "run_train_params": "last:2", **overrides})
