@@ -76,3 +76,169 @@ def test_torch_port_matches_the_model():
                                        as_t(seq.start), as_t(seq.length), 13, cfg.n_layers,
                                        cfg.n_heads)
     np.testing.assert_allclose(theirs.numpy(), token_logprobs(graphdef, params, seq), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# The real-model rows (entangle bench --model smollm2): plumbing only, nothing timed
+# ------------------------------------------------------------------------------------------------
+
+def test_cross_gram_is_the_off_diagonal_block_of_the_union_gram():
+    """Both kernel strategies, either side held, row groups and recomputed segments, on an
+    untied and a tied model with an unembedding bias."""
+    import jax
+    import jax.numpy as jnp
+
+    from entangle_jax.bench.case import synthetic_pairs
+    from entangle_jax.bench.kernel import as_responses, cross_gram
+    from entangle_jax.config import ModelConfig
+    from entangle_jax.gradients import sequence_gram
+
+    for cfg in (ModelConfig(vocab_size=64, n_layers=3),
+                ModelConfig(vocab_size=64, n_layers=2, tie_embeddings=True, unembed_bias=True)):
+        graphdef, params = nnx.split(init_model(cfg))
+        rows = synthetic_pairs(2, cfg.max_len, 13, cfg.vocab_size, 0, 7)
+        cols = synthetic_pairs(3, cfg.max_len, 13, cfg.vocab_size, 1, 10)
+        union = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), as_responses(rows),
+                             as_responses(cols))
+        want = sequence_gram(graphdef, params, union)[:4, 4:]
+        for kwargs in ({"implementation": "materialize", "chunk_size": 4},
+                       {"implementation": "stagewise", "chunk_size": 4, "ends_chunk_size": 3},
+                       {"implementation": "stagewise", "chunk_size": 3, "ends_chunk_size": 2,
+                        "segment": 2, "budget": 1}):
+            k = cross_gram(graphdef, params, rows, cols, **kwargs)
+            np.testing.assert_allclose(k, want, rtol=0, atol=2e-6 * np.abs(want).max())
+            np.testing.assert_allclose(cross_gram(graphdef, params, cols, rows, **kwargs).T, k,
+                                       rtol=0, atol=2e-6 * np.abs(want).max())
+
+
+@pytest.fixture(scope="module")
+def real_rows(smollm2):
+    """Every real-model method on SmolLM2 cut to 2 blocks, 1 or 2 short pairs (prompt ≤ 16,
+    response ≤ 4 tokens), as the bench's cases compute them (without their processes), with the
+    agreement the table reports."""
+    from entangle_jax.bench import real
+    from entangle_jax.bench.real_suite import add_comparisons
+
+    graphdef, params = real.truncated(smollm2, 2)
+    hf = None
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        from entangle_jax.bench import hf_peers
+        hf = hf_peers.load_model(2)
+    except ImportError:
+        pass
+    base = {"layers": 2, "max_prompt": 16, "max_response": 4}
+    tasks = {("pair_stats", ("hf_loop", "torch_func", "materialize", "structured", "auto")):
+             {"pairs": 1},
+             ("token_gram", ("hf_loop", "structured", "auto")): {"response": 4},
+             ("kernel", ("hf_loop", "torch_func", "materialize", "stagewise", "auto")):
+             {"eval_pairs": 1, "train_pairs": 2}}
+    rows = []
+    for (task, methods), size in tasks.items():
+        for method in methods:
+            spec = {"task": task, "method": method, **base, **size}
+            inputs = real.prepare_inputs(spec, smollm2)
+            if method in real.TORCH_METHODS:
+                if hf is None:
+                    continue
+                _, call, outputs = real.torch_calls(spec, hf, inputs)
+            else:
+                _, call, outputs = real.jax_calls(spec, graphdef, params, inputs)
+            out = {k: v if isinstance(v, (int, float)) else np.asarray(v).tolist()
+                   for k, v in outputs(call()).items()}
+            rows.append({**spec, "median_s": 1.0, "peak_rss_mb": 1.0, "outputs": out})
+    add_comparisons(rows)
+    return rows, hf is not None
+
+
+def test_real_pairs_are_chat_formatted_and_budgeted(smollm2):
+    from entangle_jax.bench import real
+
+    pairs = real.real_pairs(smollm2, 2, 0, 16, 4)
+    assert len(pairs) == 2 and pairs.chosen.window <= 4
+    assert all(int(s) <= 16 for s in np.asarray(pairs.chosen.start))
+    prompt = smollm2.tokenizer.decode(pairs.chosen.prompt_ids(0))
+    assert prompt.endswith("<|im_start|>assistant\n")
+    token = real.real_pairs(smollm2, 1, 0, 16, 4, min_response=4)
+    assert int(token.chosen.length[0]) == int(token.rejected.length[0]) == 4
+
+
+def test_every_real_method_agrees_with_the_transformers_loop(real_rows):
+    rows, with_torch = real_rows
+    if not with_torch:
+        pytest.skip("torch or transformers is not installed: no reference")
+    for row in rows:
+        if row["method"] == "hf_loop":
+            assert row["agreement"] is None
+            continue
+        errors = {k: v for k, v in row["agreement"].items() if k not in ("entries", "of_max")}
+        assert max(errors.values()) < 1e-4, (row["task"], row["method"], errors)
+    loop = next(r for r in rows if r["task"] == "token_gram" and r["method"] == "hf_loop")
+    assert loop["outputs"]["backward_passes"] == 8  # one per response token, 4 a side
+    kernel = next(r for r in rows if r["task"] == "kernel" and r["method"] == "stagewise")
+    assert np.asarray(kernel["outputs"]["kernel"]).shape == (2, 4)
+
+
+def test_our_real_methods_agree_with_each_other(real_rows):
+    """Without torch too: every strategy against materialize (the token Gram: structured)."""
+    rows, _ = real_rows
+    for task, ref_method, name in (("pair_stats", "materialize", "inner"),
+                                   ("token_gram", "structured", "gram"),
+                                   ("kernel", "materialize", "kernel")):
+        ours = [r for r in rows if r["task"] == task and r["method"] not in ("hf_loop",
+                                                                             "torch_func")]
+        ref = np.asarray(next(r for r in ours if r["method"] == ref_method)["outputs"][name])
+        for row in ours:
+            got = np.asarray(row["outputs"][name])
+            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max(),
+                                       err_msg=f"{task} {row['method']}")
+
+
+def test_an_unknown_real_method_is_refused_before_any_work():
+    from entangle_jax.bench import real
+
+    with pytest.raises(ValueError, match="unknown method 'no-such'"):
+        real.run_case({"task": "kernel", "method": "no-such", "eval_pairs": 1, "train_pairs": 1,
+                       "max_prompt": 16, "max_response": 4})
+
+
+def test_real_plan_and_table():
+    from entangle_jax.bench import real_suite
+
+    peers = {"transformers": None}
+    full, quick = real_suite.plan(False, peers), real_suite.plan(True, peers)
+    without = real_suite.plan(True, {"transformers": "not installed"})
+    assert {c["method"] for c in quick} - {c["method"] for c in without} == {"hf_loop",
+                                                                            "torch_func"}
+    big = [c for c in full if c["task"] == "kernel" and c.get("eval_pairs") == 64]
+    assert {c["method"] for c in big} == {"auto", "torch_func"} and all(
+        c["rounds"] == 1 for c in big)
+    assert not any(c["task"] == "kernel" and c["method"] == "auto" for c in quick)
+    stats = {"task": "pair_stats", "pairs": 4, "max_prompt": 128, "max_response": 64}
+    rows = [{**stats, "method": "hf_loop", "median_s": 9.0, "times_s": [9.0],
+             "peak_rss_mb": 3000.0, "outputs": {"sq_norm_w": [4.0], "sq_norm_l": [9.0],
+                                                "inner": [1.0]}},
+            {**stats, "method": "auto", "median_s": 4.0, "times_s": [4.0], "peak_rss_mb": 5000.0,
+             "outputs": {"sq_norm_w": [4.0], "sq_norm_l": [9.0], "inner": [1.06]}},
+            {"task": "kernel", "method": "torch_func", "eval_pairs": 64, "train_pairs": 256,
+             "not_run": "not run: needs ≈ 70 GiB"}]
+    real_suite.add_comparisons(rows)
+    assert rows[1]["vs_loop"] == pytest.approx(2.25)
+    assert rows[1]["agreement"]["inner"] == pytest.approx(0.01)  # 0.06 / (2 · 3)
+    assert any("NOT met (2.25×)" in g for g in rows[1]["goals"])
+    assert any("peak < 4 GB: NOT met" in g for g in rows[1]["goals"])
+    result = {"machine": {"date": "d", "platform": "p", "cpus": 2, "load_average_1m": 0.0,
+                          "matmul_gflops": 1.0}, "peers": {"transformers": None}, "quick": False,
+              "rounds": 1, "rows": rows}
+    table = real_suite.format_table(result)
+    assert table.count("| pair_stats |") == 2 and "not run: needs ≈ 70 GiB" in table
+    assert real_suite.exit_status(result) == 0
+
+
+def test_rounds_apply_only_to_the_real_model_rows(capsys):
+    from entangle_jax.cli import main
+
+    assert main(["bench", "--rounds", "2"]) == 2
+    assert "--rounds does not apply without --model" in capsys.readouterr().err
