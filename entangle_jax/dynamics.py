@@ -51,12 +51,16 @@ CASES = (1, 2, 3, 4)
 
 
 def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
-    """``optax.sgd`` or ``optax.adam`` of ``learning_rate``; a bad value raises ConfigError."""
+    """``optax.sgd`` or ``optax.adam`` of ``learning_rate``; a bad value raises ConfigError.
+
+    The rate lives in the optimizer's state (``optax.inject_hyperparams``), not in its code: a
+    jitted step that builds the transformation with any rate and applies it to a state from
+    ``init`` uses the state's rate, so runs at different rates share one compilation."""
     if name not in OPTIMIZERS:
         raise ConfigError(f"optimizer={name!r} is invalid: one of {', '.join(OPTIMIZERS)}")
     if not learning_rate > 0:
         raise ConfigError(f"learning_rate={learning_rate!r} is invalid: must be > 0")
-    return OPTIMIZERS[name](learning_rate)
+    return optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=learning_rate)
 
 
 # ------------------------------------------------------------------------------------------

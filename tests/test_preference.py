@@ -172,3 +172,23 @@ def test_cli_train_objective_writes_log(tmp_path, tiny_ckpt, capsys):
     assert [r["kind"] for r in records].count("train") == 2
     assert main(["train", "--objective", "dpo"]) == 2  # a checkpoint is required
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_runs_at_other_learning_rates_reuse_the_compiled_step(tiny_ckpt):
+    """The rate is traced (in the optimizer state), so a new rate does not recompile."""
+    def run(optimizer, lr):
+        config = PreferenceConfig(optimizer=optimizer, learning_rate=lr, steps=1,
+                                  **{**SMALL, "probe_every": 0})
+        return train_preference(tiny_ckpt, config, progress=False)
+
+    for optimizer in ("sgd", "adam"):
+        run(optimizer, 0.1)
+        compiled = preference_module._train_step._cache_size()
+        a, b = run(optimizer, 0.05), run(optimizer, 0.025)
+        assert preference_module._train_step._cache_size() == compiled
+        # and each run steps by its own rate: one step from θ₀ is linear in it (SGD and Adam)
+        def moved(run_):
+            return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in
+                       zip(jax.tree.leaves(run_.params), jax.tree.leaves(tiny_ckpt.params)))
+
+        assert moved(a) == pytest.approx(2 * moved(b), rel=1e-3)

@@ -92,3 +92,20 @@ def test_cli_claim_ids_match_the_registry():
 def test_cli_bad_input_exits_2(argv, capsys):
     assert main(["verify", *argv]) == 2
     assert "entangle: error:" in capsys.readouterr().err
+
+
+def test_batched_dynamics_end_to_end_on_a_short_run(tmp_path_factory):
+    """The claim's runs and predictions on the tiny config: 3 steps of 8 pairs, SGD and Adam."""
+    settings = dataclasses.replace(TINY, run_steps=3, run_batch=8)
+    report = run_verify(settings, select_claims(["batched_dynamics"]),
+                        cache_dir=tmp_path_factory.mktemp("models"), progress=False,
+                        log=lambda line: None)
+    (claim,) = report["claims"]
+    for row in claim["regimes"]:
+        assert len(row["checks"]) == 8 and row["control"]["statistic"].startswith("fraction")
+        # three small steps: the prediction has the real sign (measured: every response, 8 each)
+        for sign_check in row["checks"][::2]:
+            assert sign_check["value"] >= 0.75, sign_check
+        seed = row["details"]["seeds"][0]
+        assert -0.5 <= seed["batch_imbalance_positive_minus_half"] <= 0.5
+    json.dumps(report, allow_nan=False)

@@ -216,12 +216,13 @@ def _step_metrics(beta: float, out: dict) -> dict:
             "weights/d_w": out["d_w"].mean(), "weights/d_l": out["d_l"].mean()}
 
 
-# Module-level jits with hashable static arguments: runs of the same method, optimizer, learning
-# rate and parameter subset share one compilation (objectives and methods compare by value).
-@partial(jax.jit, static_argnames=("graphdef", "method", "optimizer", "learning_rate", "subset"))
+# Module-level jits with hashable static arguments: runs of the same method, optimizer and
+# parameter subset share one compilation (objectives and methods compare by value), whatever
+# their learning rate, which ``opt_state`` carries (``make_optimizer``).
+@partial(jax.jit, static_argnames=("graphdef", "method", "optimizer", "subset"))
 def _train_step(trainable, opt_state, extra, batch, ref_tok_w, ref_tok_l, base, *, graphdef,
-                method, optimizer, learning_rate, subset):
-    tx = make_optimizer(optimizer, learning_rate)
+                method, optimizer, subset):
+    tx = make_optimizer(optimizer, 1.0)  # its update reads the rate from opt_state
     params = subset.apply(base, trainable)
     c_w, c_l, out = method.coefficients(graphdef, params, extra, batch, ref_tok_w, ref_tok_l)
     surrogate = partial(coefficient_surrogate, graphdef, pairs=batch, coef_w=c_w, coef_l=c_l)
@@ -268,8 +269,7 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, p
     base = ckpt.params if mesh is None else replicate(ckpt.params, mesh)
     place = (lambda batch: batch) if mesh is None else partial(shard_batch, mesh=mesh)
     tx = make_optimizer(config.optimizer, config.learning_rate)
-    static = dict(graphdef=graphdef, method=method, optimizer=config.optimizer,
-                  learning_rate=config.learning_rate, subset=subset)
+    static = dict(graphdef=graphdef, method=method, optimizer=config.optimizer, subset=subset)
 
     def run_probe(step, params, extra) -> dict:
         c_w, c_l, out = _probe_coefficients(params, extra, probe, *ref_probe,
