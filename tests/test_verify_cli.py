@@ -109,3 +109,20 @@ def test_batched_dynamics_end_to_end_on_a_short_run(tmp_path_factory):
         seed = row["details"]["seeds"][0]
         assert -0.5 <= seed["batch_imbalance_positive_minus_half"] <= 0.5
     json.dumps(report, allow_nan=False)
+
+
+def test_cli_real_selects_the_real_regimes(monkeypatch, tmp_path):
+    import entangle_jax.verify as verify_module
+
+    seen = {}
+
+    def capture(settings, claims, **kwargs):
+        seen["settings"] = settings
+        raise KeyboardInterrupt  # stop before any model is loaded
+
+    monkeypatch.setattr(verify_module, "run_verify", capture)
+    assert main(["verify", "--real", "--quick", "--out", str(tmp_path)]) == 130
+    settings = seen["settings"]
+    assert [r.name for r in settings.regimes] == ["smollm2", "smollm2_sft"]
+    assert settings.seeds == (0,) and settings.n_pairs == 16 and settings.precision == "float32"
+    assert settings.run_train_params == "last:2"

@@ -26,12 +26,17 @@ def add_parser(subparsers) -> None:
                     "verify] Error 1` (or Error 2) and exits 2 itself. See docs/verification.md.")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: one seed, 16 pairs per seed (numbers are coarse)")
+    parser.add_argument("--real", action="store_true",
+                        help="the real-model regimes instead (SmolLM2-135M-Instruct as shipped "
+                             "and after a short fine-tuning, on the chat sentiment task, float32; "
+                             "make verify-real): slow on a CPU, ~30 min with --quick on 2 cores")
     parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; 0 with --quick)")
     parser.add_argument("--pairs", type=int,
                         help="eval pairs per seed (default 64; 16 with --quick)")
     parser.add_argument("--only", help="comma-separated claim ids to run (default: all): "
                                        + ", ".join(CLAIM_IDS))
-    parser.add_argument("--out", default="reports", help="output directory (default reports)")
+    parser.add_argument("--out", help="output directory (default reports, reports/real with "
+                                      "--real)")
     parser.add_argument("--cache-dir", default=".cache/models",
                         help="where regime models are cached (default .cache/models)")
     parser.set_defaults(run=run)
@@ -72,19 +77,22 @@ def run(args) -> int:
 
     from entangle_jax.cli.common import check_output_dir, locked_outputs
     from entangle_jax.io import atomic_write_json, atomic_write_text
-    from entangle_jax.verify import (VerifySettings, exit_status, format_table, quick_settings,
-                                     run_verify, select_claims, to_markdown)
+    from entangle_jax.verify import (VerifySettings, exit_status, format_table, run_verify,
+                                     select_claims, to_markdown)
+    from entangle_jax.verify.regimes import QUICK, real_settings
 
     overrides = {}
     if args.seeds is not None:
         overrides["seeds"] = _seeds(args.seeds)
-    base = quick_settings() if args.quick else VerifySettings()
+    base = real_settings() if args.real else VerifySettings()
+    if args.quick:
+        base = dataclasses.replace(base, **QUICK)
     if args.pairs is not None:  # fewer pairs than the eNTK sample shrink that sample too
         overrides.update(n_pairs=args.pairs, ntk_pairs=max(1, min(base.ntk_pairs, args.pairs)))
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     claims = select_claims(only)  # an unknown id raises ConfigError (exit 2)
     settings = dataclasses.replace(base, **overrides)  # validated: a bad value exits 2
-    out = Path(args.out)
+    out = Path(args.out or ("reports/real" if args.real else "reports"))
     check_output_dir(out, "--out", ("verify.json", "verify.md"))
     check_output_dir(args.cache_dir, "--cache-dir")
     with locked_outputs((out, "--out")):

@@ -157,10 +157,13 @@ class VerifySettings:
                           f"{', '.join(r.name for r in self.regimes)}")
 
 
+#: What a smoke run changes: one seed and 16 pairs per regime (every check still runs).
+QUICK = {"seeds": (0,), "n_pairs": 16, "ntk_pairs": 2, "n_boot": 500}
+
+
 def quick_settings(**overrides) -> VerifySettings:
-    """A smoke run: one seed and 16 pairs per regime (every check still runs)."""
-    return VerifySettings(**{"seeds": (0,), "n_pairs": 16, "ntk_pairs": 2, "n_boot": 500,
-                             **overrides})
+    """A smoke run of the tiny regimes (``QUICK``)."""
+    return VerifySettings(**{**QUICK, **overrides})
 
 
 def real_settings(**overrides) -> VerifySettings:
