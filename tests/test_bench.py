@@ -242,3 +242,31 @@ def test_rounds_apply_only_to_the_real_model_rows(capsys):
 
     assert main(["bench", "--rounds", "2"]) == 2
     assert "--rounds does not apply without --model" in capsys.readouterr().err
+
+
+def test_compilation_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    import jax
+
+    from entangle_jax.cli.common import enable_compilation_cache
+
+    monkeypatch.setenv("ENTANGLE_JAX_COMPILATION_CACHE", "off")
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        assert enable_compilation_cache() is None
+        assert jax.config.jax_compilation_cache_dir == before
+        monkeypatch.setenv("ENTANGLE_JAX_COMPILATION_CACHE", str(tmp_path / "xla"))
+        assert enable_compilation_cache() == tmp_path / "xla"
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        monkeypatch.delenv("ENTANGLE_JAX_COMPILATION_CACHE")
+        monkeypatch.setenv("ENTANGLE_JAX_CACHE", str(tmp_path / "cache"))
+        assert enable_compilation_cache() == tmp_path / "cache" / "jax"
+    finally:  # the setting is process-wide
+        jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_compile_cache_bench_table():
+    from entangle_jax.bench.compile_cache import format_table
+
+    row = {"setup_s": 1.0, "first_s": 2.5, "run_s": 0.1, "compile_s": 2.4}
+    table = format_table({"off": [row], "cold": [row], "warm": [{**row, "compile_s": 0.2}]})
+    assert table.splitlines()[-1] == "| warm | 2.50 | 0.20 | 100.0 | 1.00 |"

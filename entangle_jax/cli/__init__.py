@@ -8,7 +8,8 @@ its outputs before any work and holds a lock on its output directory while it ru
 
 ``args._given`` maps each option given on the command line (by its ``dest``) to the option string,
 so a command can tell an option the user set from its default and refuse or note one that does not
-apply (``common.not_applicable``).
+apply (``common.not_applicable``). Compiled programs are kept between runs
+(``common.enable_compilation_cache``; ``ENTANGLE_JAX_COMPILATION_CACHE=off`` turns that off).
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        from entangle_jax.cli.common import enable_compilation_cache
+
+        enable_compilation_cache()
         return int(args.run(args) or 0)
     except (UsageError, ConfigError, CheckpointError, DataError, NonFiniteError,
             FileNotFoundError) as err:

@@ -15,6 +15,28 @@ from entangle_jax.config import DataConfig, ModelConfig, SFTConfig
 from entangle_jax.data.userdata import UserDataConfig
 
 
+#: Programs compiling faster than this are not stored: reading one back costs about as much.
+MIN_CACHED_COMPILE_S = 0.2
+
+
+def enable_compilation_cache() -> Path | None:
+    """Let compiled programs outlive the process (JAX's persistent compilation cache), so a second
+    run of a command skips most compilation. The folder is ``$ENTANGLE_JAX_COMPILATION_CACHE``,
+    by default ``<cache root>/jax`` (``pretrained.cache_root``); ``off`` turns the cache off.
+    Returns the folder, or None when off."""
+    import jax
+
+    from entangle_jax.pretrained import cache_root
+
+    setting = os.environ.get("ENTANGLE_JAX_COMPILATION_CACHE", "")
+    if setting.lower() == "off":
+        return None
+    folder = Path(setting) if setting else cache_root() / "jax"
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
+    return folder
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
