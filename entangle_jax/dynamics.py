@@ -396,11 +396,13 @@ def update_changes(graphdef, params, responses: Responses, update, *,
                    chunk_size: int | None = None, subset=None, base=None):
     """``(log π, ⟨∇ log π, u⟩)`` ``[B]`` for every response under the parameter update ``u``
     (a Jacobian-vector product: the first-order change of each log-prob), in chunks of responses
-    (by default as many as fit the memory budget, up to 256; host arrays). With a ``subset``
-    (``train.subsets``), ``params`` and ``u`` live in its trainable state over ``base``."""
+    (by default as many as fit the memory budget, up to 256 and no more than there are; host
+    arrays). With a ``subset`` (``train.subsets``), ``params`` and ``u`` live in its trainable
+    state over ``base``."""
     if chunk_size is None:
         chunk_size = _sequences_per_chunk(graphdef, _full(params, subset, base), responses,
-                                          copies=0, passes=2, cap=256)
+                                          copies=0, passes=2,
+                                          cap=min(256, int(responses.tokens.shape[0])))
     fn = partial(_update_changes_chunk, graphdef=graphdef, subset=subset)
     return _chunked(lambda r, u, b: fn(params, r, u, b), (responses,),
                     int(responses.tokens.shape[0]), chunk_size, update, base)
@@ -415,13 +417,13 @@ def _summed_update(params, pairs: Pairs, coef_w, coef_l, base, *, graphdef, subs
 def batch_coefficient_update(graphdef, params, pairs: Pairs, coef_w, coef_l, *,
                              chunk_size: int | None = None, subset=None, base=None):
     """``coefficient_update`` of a whole batch, accumulated over chunks of pairs (by default as
-    many as fit the memory budget, up to 256): ``u = (1/B) Σ_chunks Σ_b …``; padding rows of the
-    last chunk carry zero coefficients. With a ``subset``, ``u`` lives in its trainable state
-    (``params``) over ``base``."""
+    many as fit the memory budget, up to 256 and no more than there are):
+    ``u = (1/B) Σ_chunks Σ_b …``; padding rows of the last chunk carry zero coefficients. With a
+    ``subset``, ``u`` lives in its trainable state (``params``) over ``base``."""
     n = len(pairs)
     if chunk_size is None:
         chunk_size = _sequences_per_chunk(graphdef, _full(params, subset, base), pairs.chosen,
-                                          copies=0, passes=4, cap=256)
+                                          copies=0, passes=4, cap=min(256, n))
     coef_w, coef_l = jnp.asarray(coef_w), jnp.asarray(coef_l)
     total = None
     for lo in range(0, n, chunk_size):

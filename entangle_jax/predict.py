@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
+from entangle_jax.config import ConfigError
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.dynamics import (batch_coefficient_update, make_optimizer, objective_weights,
                                    sequence_logps, update_changes)
@@ -90,8 +91,8 @@ def planned_update(start: RunStart, config: PreferenceConfig, train: Pairs, batc
         scale = config.learning_rate / config.batch_size
         return jax.tree.map(lambda x: scale * x, _gradient_sum(start, train, counts))
     if batches is None:
-        raise ValueError("an Adam prediction needs the batch order (the preconditioner follows "
-                         "the batches)")
+        raise ConfigError("an Adam prediction needs the batch order (the preconditioner "
+                          "follows the batches)")
     tx = make_optimizer(config.optimizer, config.learning_rate)
     state, total = tx.init(start.trainable), None
     for batch in np.asarray(batches):

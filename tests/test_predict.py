@@ -96,7 +96,7 @@ def test_full_batch_plan_counts_every_pair_at_its_expected_draws(tiny_ckpt, trai
     every_pair_twice = np.stack([np.arange(n), np.arange(n)[::-1]])
     _assert_trees_close(planned_update(start, config, train),
                         planned_update(start, config, train, every_pair_twice))
-    with pytest.raises(ValueError, match="needs the batch order"):
+    with pytest.raises(ConfigError, match="needs the batch order"):
         planned_update(start, PreferenceConfig(optimizer="adam", **RUN), train)
 
 

@@ -31,6 +31,7 @@ COMMANDS = {
     "dynamics": "dynamics",
     "bench": "bench",
     "figures": "figures",
+    "predict": "predict",
 }
 
 

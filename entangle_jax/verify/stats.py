@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from entangle_jax.scoring import rank, spearman  # noqa: F401  (the claims' statistics)
+
 Statistic = Callable[[np.ndarray], np.ndarray]  # [B, N, ...] -> [B]
 
 #: Relative resolution of an inner product ⟨a, b⟩ against ‖a‖‖b‖ in each precision: smaller
@@ -68,35 +70,6 @@ def resolved_sign(value, scale, rtol: float) -> np.ndarray:
     (a magnitude the arithmetic cannot resolve)."""
     value, scale = np.asarray(value, np.float64), np.asarray(scale, np.float64)
     return np.where(np.abs(value) > rtol * scale, np.sign(value), 0.0).astype(np.int8)
-
-
-def rank(x: np.ndarray) -> np.ndarray:
-    """Ranks along the last axis, 1..n, ties given their average rank."""
-    x = np.asarray(x, np.float64)
-    order = np.argsort(x, axis=-1, kind="stable")
-    ordered = np.take_along_axis(x, order, axis=-1)
-    ranks = np.empty_like(x)
-    flat_x, flat_r, flat_o = (a.reshape(-1, x.shape[-1]) for a in (ordered, ranks, order))
-    for row, (vals, idx) in enumerate(zip(flat_x, flat_o)):
-        # runs of equal values share the mean of their positions
-        starts = np.flatnonzero(np.r_[True, vals[1:] != vals[:-1]])
-        ends = np.r_[starts[1:], len(vals)]
-        mean_rank = (starts + ends + 1) / 2.0
-        flat_r[row, idx] = np.repeat(mean_rank, ends - starts)
-    return flat_r.reshape(x.shape)
-
-
-def spearman(x, y) -> np.ndarray:
-    """Spearman's ρ along the last axis: the Pearson correlation of the (average-tie) ranks.
-
-    NaN where either side is constant."""
-    rx, ry = rank(np.asarray(x)), rank(np.asarray(y))
-    rx, ry = np.broadcast_arrays(rx, ry)
-    rx = rx - rx.mean(-1, keepdims=True)
-    ry = ry - ry.mean(-1, keepdims=True)
-    denom = np.sqrt((rx * rx).sum(-1) * (ry * ry).sum(-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (rx * ry).sum(-1) / denom, np.nan)
 
 
 # Statistics in the batched form the bootstrap wants ([B, N, ...] -> [B]).

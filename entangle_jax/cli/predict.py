@@ -1,0 +1,480 @@
+"""``entangle predict``: which pairs will DPO push the chosen log-prob down for, said before
+training by several predictors, then scored against a real run.
+
+Per pair, from the starting model only (no training):
+
+- ``gradient_condition``: the paper's per-pair one-step change
+  Δlog π_w = η(d_w‖g_w‖² − d_l⟨g_w,g_l⟩) (and Δlog π_l = η(d_w⟨g_w,g_l⟩ − d_l‖g_l‖²));
+  risk −Δlog π_w;
+- ``cosine``: cos(g_w, g_l); risk: itself;
+- ``ches``, ``ln_ches``: CHES and length-normalized CHES of the last hidden states (Razin et al.
+  2024, arXiv 2410.08847; ``entangle_jax.ches``); risk: themselves;
+- ``edit_distance``: between the chosen and rejected tokens (their baseline); risk −distance;
+- ``entk_full``: the first-order empirical-NTK change of log π_w with every training pair at its
+  expected draw count (no batch order; ``entangle_jax.predict``); risk −Δ;
+- ``entk_realized``: the same over the batches the planned run draws (its seed); risk −Δ.
+
+Targets: "Δlog π_w < 0" after 1 step, after K (``--steps``) steps and after one epoch
+(⌈N/B⌉ steps), each a separate run from the same start with the same seed (a run of T steps draws
+the first T batches of any longer one). The two eNTK predictors are made for each target's number
+of steps. Scores per predictor × target, for the trained pairs and the held-out pairs: AUROC with
+a bootstrap 95% interval, precision among the 10% highest-risk pairs, sign agreement (predictors
+that predict a change) and Spearman's ρ between risk and −Δlog π_w (``entangle_jax.scoring``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+
+from entangle_jax.cli.common import (DATA_READING_OPTIONS, add_model_option, check_output_dir,
+                                     checkpoint_fields, given, is_pretrained, locked_outputs,
+                                     model_from_args, nonnegative_int, not_applicable, note,
+                                     positive_float, positive_int, user_data_from_args)
+
+#: Without --lr: the longest run's largest move of a training pair's log π_w or log π_l if all
+#: its steps pushed the way its first does: η = TARGET_CHANGE / (T · max |Δlog π| of step 1),
+#: from the realized-batch prediction, before any run. (Per step, not over the run: the steps'
+#: pushes can cancel in the sum, and a step size set from a cancelled sum is far too large.)
+TARGET_CHANGE = 0.1
+#: The share of pairs flagged by each predictor for the precision score.
+TOP_FRACTION = 0.1
+#: name → (what it is, whether it predicts a signed change of log π_w).
+PREDICTORS = {
+    "gradient_condition": ("per-pair one-step condition: risk −Δlog π_w", True),
+    "cosine": ("cos(g_w, g_l)", False),
+    "ches": ("CHES (Razin et al. 2024)", False),
+    "ln_ches": ("length-normalized CHES (Razin et al. 2024)", False),
+    "edit_distance": ("token edit distance: risk −distance", False),
+    "entk_full": ("eNTK, every pair at its expected count: risk −Δlog π_w", True),
+    "entk_realized": ("eNTK over the run's realized batches: risk −Δlog π_w", True),
+}
+NOTES = (("cosine shares its cost with gradient_condition (one pair geometry), ln_ches with ches "
+          "(one forward pass per response); the eNTK costs include the start's log-probs and "
+          "objective weights"),
+         ("the eNTK predictions are made for each target's number of steps; the other "
+          "predictors are the same for every target"))
+ADAM_NOTE = ("adam: entk_full takes the plain gradient direction (Adam's preconditioner follows "
+             "the batch order, which it does not know)")
+TARGETS = ("step_1", "steps_K", "epoch")
+SETS = ("trained", "held_out")
+FILES = ("predict.json", "predict.md", "roc.png", "roc.pdf")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="predict, before DPO, which pairs' chosen log-prob falls; score it",
+        description="Before training: per pair, the per-pair gradient condition, cos(g_w, g_l), "
+                    "CHES and length-normalized CHES, the token edit distance and the first-order "
+                    "eNTK predictions (full batch; over the planned run's batches). Then DPO runs "
+                    "of 1 step, --steps steps and one epoch, and every predictor scored against "
+                    "\"Δlog π_w < 0\": AUROC with a bootstrap 95% interval, precision among the "
+                    "10% highest-risk pairs, sign agreement and Spearman's ρ, for trained and "
+                    "held-out pairs. Writes DIR/predict.json, DIR/predict.md and DIR/roc.png.")
+    parser.add_argument("--checkpoint", metavar="DIR",
+                        help="a checkpoint from `entangle train` (default: the default model, "
+                             "trained once and cached in .cache/models)")
+    add_model_option(parser, "the model (instead of --checkpoint; a pretrained model needs "
+                             "--data)")
+    parser.add_argument("--data", metavar="FILE",
+                        help="real preference pairs (formats: docs/user-data.md) instead of the "
+                             "sentiment task: the first --pairs records train, the next "
+                             "--held-out are held out")
+    parser.add_argument("--skip-bad-lines", action="store_true",
+                        help="skip records that are not valid pairs (each is reported)")
+    parser.add_argument("--max-prompt-tokens", type=positive_int,
+                        help="a longer prompt keeps its last tokens (default: 128 for a "
+                             "pretrained model)")
+    parser.add_argument("--max-response-tokens", type=positive_int,
+                        help="a longer response keeps its first tokens (default: 64 for a "
+                             "pretrained model)")
+    parser.add_argument("--shape", default="long",
+                        help="sentiment task: pair shape or suffix length (default long)")
+    parser.add_argument("--pairs", type=positive_int, default=96,
+                        help="training pairs N (default 96)")
+    parser.add_argument("--held-out", type=nonnegative_int, default=64,
+                        help="held-out pairs, never trained on (default 64)")
+    parser.add_argument("--steps", type=positive_int, default=4,
+                        help="K, the steps of the planned run (default 4)")
+    parser.add_argument("--batch", type=positive_int, default=8,
+                        help="pairs per step B (default 8); one epoch is ⌈N/B⌉ steps")
+    parser.add_argument("--lr", type=positive_float,
+                        help="learning rate (default: the one at which the predicted first step "
+                             "moves no training pair's log π_w or log π_l by more than "
+                             f"{TARGET_CHANGE}/T, T the longest run's steps)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",
+                        help="(default adam)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="seed of the run's batches and of the bootstrap (default 0)")
+    parser.add_argument("--bootstrap", type=positive_int, default=1000,
+                        help="bootstrap resamples of the AUROC interval (default 1000)")
+    parser.add_argument("--out", metavar="DIR", default="runs/predict",
+                        help="write DIR/predict.json, predict.md, roc.png (default runs/predict)")
+    parser.set_defaults(run=run)
+
+
+def progress(message: str) -> None:
+    print(f"predict: {message}", file=sys.stderr, flush=True)
+
+
+class _Timer:
+    """``with timer("name"):`` adds the block's wall seconds to ``timer.costs["name"]``."""
+
+    def __init__(self):
+        self.costs: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.costs[name] = self.costs.get(name, 0.0) + time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------
+# Pairs
+# ------------------------------------------------------------------------------------------------
+
+def _pair_sets(args, ckpt, data, config):
+    """``(train_sets, held_out, source)``: the run's ``PreferenceSets`` (built by
+    ``preference_pairs`` from what ``train_preference`` is given: ``source``, a dict of its
+    ``data``/``task`` arguments) and the held-out ``Pairs`` (None when there are none)."""
+    from entangle_jax.cli import UsageError
+    from entangle_jax.data.tasks import make_task_data, task_pairs
+    from entangle_jax.data.userdata import encode_pairs, load_from_config
+    from entangle_jax.train.preference import preference_pairs
+
+    if data is None and ckpt.user_data is not None and not is_pretrained(ckpt):
+        data = load_from_config(ckpt.user_data)
+    if data is not None:
+        n = len(data.records)
+        if args.pairs >= n and args.held_out:
+            raise UsageError(f"--pairs {args.pairs} leaves no held-out pair: the data has {n} "
+                             "records (give fewer --pairs or --held-out 0)")
+        train = dataclasses.replace(data, records=data.records[:args.pairs])
+        rest = range(args.pairs, min(n, args.pairs + args.held_out))
+        held = (encode_pairs(data, ckpt.tokenizer, rest, ckpt.model_config.max_len).pairs
+                if len(rest) else None)
+        source = {"data": train}
+    else:
+        if ckpt.data_config is None:
+            raise UsageError("the checkpoint records no data config; give --data FILE")
+        task = make_task_data(ckpt.data_config, ckpt.tokenizer)
+        for option, want, have in (("--pairs", args.pairs, len(task.train)),
+                                   ("--held-out", args.held_out, len(task.eval))):
+            if want > have:
+                raise UsageError(f"{option} {want} is more than the task's {have} pairs")
+        source = {"task": dataclasses.replace(task, train=task.train[:args.pairs])}
+        held = (task_pairs(task, ckpt.tokenizer, task.eval[:args.held_out],
+                           config.suffix_length, ckpt.model_config.max_len)
+                if args.held_out else None)
+    sets = preference_pairs(ckpt, config, **source)
+    return sets, held, source
+
+
+# ------------------------------------------------------------------------------------------------
+# Predictors (before training) and targets (real runs)
+# ------------------------------------------------------------------------------------------------
+
+def _static_predictors(ckpt, pairs, d_w, d_l, implementation, timer) -> dict:
+    """The predictors that do not depend on the number of steps, at unit step size:
+    ``{name: [B] value}`` plus ``gradient_condition_l`` (Δlog π_l of the condition)."""
+    import numpy as np
+
+    from entangle_jax.ches import pair_ches, pair_edit_distances
+    from entangle_jax.dynamics import gradient_condition
+    from entangle_jax.gradients import pair_geometry
+
+    with timer("gradient_condition"):
+        geo = pair_geometry(ckpt.graphdef, ckpt.params, pairs, implementation=implementation)
+        cond = gradient_condition(d_w, d_l, geo.sq_norm_w, geo.sq_norm_l, geo.inner)
+    with timer("ches"):
+        ches, ln_ches = pair_ches(ckpt.graphdef, ckpt.params, pairs)
+    with timer("edit_distance"):
+        distance = pair_edit_distances(pairs)
+    return {"gradient_condition": cond.delta_w, "gradient_condition_l": cond.delta_l,
+            "cosine": np.asarray(geo.cosine), "ches": ches, "ln_ches": ln_ches,
+            "edit_distance": distance}
+
+
+def _entk_predictions(start, config, train, pairs_by_set, labels, horizons, timer) -> dict:
+    """``{(name, T): {set: (Δlog π_w, Δlog π_l)}}`` of both eNTK predictors at unit step size for
+    each horizon T (SGD: linear in η; Adam too, its step being η·m̂/(√v̂+ε)). Adam's full-batch
+    prediction takes the plain gradient direction: its preconditioner follows the batch order."""
+    from entangle_jax.predict import draw_batches, planned_update, predicted_changes
+
+    def changes(update):
+        return {name: (predicted_changes(start, pairs.chosen, update),
+                       predicted_changes(start, pairs.rejected, update))
+                for name, pairs in pairs_by_set.items()}
+
+    out = {}
+    for steps in horizons:
+        at = dataclasses.replace(config, steps=steps)
+        with timer("entk_full"):
+            full = dataclasses.replace(at, optimizer="sgd")
+            out["entk_full", steps] = changes(planned_update(start, full, train))
+        with timer("entk_realized"):
+            batches = draw_batches(len(train), at, labels)  # exactly the run's batches
+            out["entk_realized", steps] = changes(planned_update(start, at, train, batches))
+        progress(f"eNTK predictions for {steps} step(s) done")
+    return out
+
+
+def _real_changes(ckpt, config, source, pairs_by_set, horizons, timer) -> dict:
+    """``{T: {set: Δlog π_w}}`` after a real run of T steps from the start (each a separate run
+    of ``train_preference``, the same seed)."""
+    from entangle_jax.dynamics import sequence_logps
+    from entangle_jax.train.preference import train_preference
+
+    before = {name: sequence_logps(ckpt.graphdef, ckpt.params, pairs)[0]
+              for name, pairs in pairs_by_set.items()}
+    out = {}
+    for steps in horizons:
+        with timer("training"):
+            run = train_preference(ckpt, dataclasses.replace(config, steps=steps),
+                                   progress=False, **source)
+        out[steps] = {name: sequence_logps(ckpt.graphdef, run.params, pairs)[0] - before[name]
+                      for name, pairs in pairs_by_set.items()}
+        progress(f"DPO run of {steps} step(s) done ({timer.costs['training']:.1f} s so far)")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Scores
+# ------------------------------------------------------------------------------------------------
+
+def risk_of(name: str, value):
+    """Higher = more likely that log π_w falls (module docstring)."""
+    return value if name in ("cosine", "ches", "ln_ches") else -value
+
+
+def score(name: str, value, real, *, resamples: int, seed: int) -> dict:
+    """The scores of predictor ``name`` (its per-pair ``value``) against the real Δlog π_w."""
+    import numpy as np
+
+    from entangle_jax.scoring import (auroc, bootstrap_ci, precision_at, sign_agreement,
+                                      spearman)
+
+    risk, falls = risk_of(name, np.asarray(value)), np.asarray(real) < 0
+    signed = PREDICTORS[name][1]
+    return {"auroc": auroc(risk, falls),
+            "auroc_ci95": list(bootstrap_ci(auroc, risk, falls, n_resamples=resamples,
+                                            seed=seed)),
+            "precision_top10": precision_at(risk, falls, TOP_FRACTION),
+            "sign_agreement": sign_agreement(value, real) if signed else None,
+            "spearman": float(spearman(risk, -np.asarray(real)))}
+
+
+HEADER = ("| predictor | target | AUROC [95% CI] | precision top 10% | sign agreement "
+          "| Spearman ρ |")
+
+
+def _fmt(value, spec=".2f") -> str:
+    return "–" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def format_markdown(report: dict) -> str:
+    """One table per pair set: predictor × target (scores), and the cost of each predictor."""
+    title = (f"# entangle predict: which pairs' log π_w falls under DPO ({report['optimizer']}, "
+             f"η = {report['learning_rate']:.3g}, B = {report['batch']}, N = "
+             f"{report['train_pairs']})")
+    lines = [title, ""]
+    for set_name in report["scores"]:
+        rates = report["base_rate"][set_name]
+        lines += [f"## {set_name.replace('_', '-')} pairs ({report['set_sizes'][set_name]}; "
+                  "fraction whose log π_w fell: "
+                  + ", ".join(f"{report['targets'][t]['steps']} step(s) {_fmt(rates[t])}"
+                              for t in TARGETS) + ")", "",
+                  HEADER, "|---|---|---|---|---|---|"]
+        for name in PREDICTORS:
+            for target in TARGETS:
+                s = report["scores"][set_name][target][name]
+                lo, hi = s["auroc_ci95"]
+                lines.append(f"| {name} | {report['targets'][target]['steps']} step(s) | "
+                             f"{_fmt(s['auroc'])} [{_fmt(lo)}, {_fmt(hi)}] | "
+                             f"{_fmt(s['precision_top10'])} | {_fmt(s['sign_agreement'])} | "
+                             f"{_fmt(s['spearman'])} |")
+        lines.append("")
+    lines += ["## cost (wall seconds, both pair sets, compilation included)", "",
+              "| predictor | seconds |", "|---|---|"]
+    lines += [f"| {name} | {report['cost_s'][name]:.2f} |" for name in PREDICTORS]
+    lines += [f"| (training runs, not a predictor) | {report['training_s']:.2f} |", ""]
+    lines += [f"- {text}" for text in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_roc(report: dict, curves: dict, out_dir) -> None:
+    """``roc.png``/``roc.pdf``: one panel per target (rows: pair sets), one curve per predictor."""
+    from entangle_jax.figures import style
+
+    sets = list(curves)
+    fig, axes = style.figure(len(sets), len(TARGETS), height=2.3)
+    for row, set_name in enumerate(sets):
+        for col, target in enumerate(TARGETS):
+            ax = axes[row][col]
+            for k, name in enumerate(PREDICTORS):
+                fpr, tpr = curves[set_name][target][name]
+                ax.plot(fpr, tpr, color=style.series_color(k), linewidth=1.0,
+                        label=name if (row, col) == (0, 0) else None)
+            ax.plot([0, 1], [0, 1], color="#999999", linewidth=0.6, linestyle=":")
+            ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+            steps = report["targets"][target]["steps"]
+            style.panel_title(ax, "abcdefghi"[row * len(TARGETS) + col],
+                              f"{set_name.replace('_', '-')}, {steps} step(s)")
+            ax.set_xlabel("false positive rate")
+            if col == 0:
+                ax.set_ylabel("true positive rate")
+    style.legend_below(fig, ncol=4)
+    style.suptitle(fig, "ROC of each predictor for \"log π_w falls\" under DPO")
+    style.save(fig, out_dir, "roc")
+
+
+# ------------------------------------------------------------------------------------------------
+# The command
+# ------------------------------------------------------------------------------------------------
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from entangle_jax.cli import UsageError
+    from entangle_jax.config import DataConfig, ModelConfig, SFTConfig, to_dict
+    from entangle_jax.data.sentiment import parse_suffix_lengths
+    from entangle_jax.dynamics import objective_weights, sequence_logps
+    from entangle_jax.io import atomic_write_json, atomic_write_text
+    from entangle_jax.predict import draw_batches, run_start
+    from entangle_jax.scoring import roc_curve
+    from entangle_jax.train.preference import PreferenceConfig
+    from entangle_jax.train.sft import cached_sft, cached_sft_on
+
+    if not args.data:
+        not_applicable(args, DATA_READING_OPTIONS, "without --data FILE (they read that file)")
+    lengths = parse_suffix_lengths(args.shape)
+    if len(lengths) != 1:
+        raise UsageError(f"--shape {args.shape!r}: give one shape or suffix length")
+    if args.batch > args.pairs:
+        raise UsageError(f"--batch {args.batch} is more than the --pairs {args.pairs} training "
+                         "pairs")
+    check_output_dir(args.out, "--out", FILES)
+    ckpt = model_from_args(args)
+    if is_pretrained(ckpt) and not args.data:
+        raise UsageError(f"--model {args.model} needs --data FILE (real preference pairs)")
+    # η = 1 for the predictions: they are linear in η, which is chosen from them when not given
+    config = PreferenceConfig(objective="dpo", optimizer=args.optimizer, learning_rate=1.0,
+                              steps=args.steps, batch_size=args.batch, suffix_length=lengths[0],
+                              probe_every=0, seed=args.seed)
+    with locked_outputs((args.out, "--out")):
+        if ckpt is None:
+            data = user_data_from_args(args, ModelConfig())
+            ckpt = (cached_sft(ModelConfig(), DataConfig(), SFTConfig()) if data is None
+                    else cached_sft_on(ModelConfig(), data, SFTConfig()))
+        else:
+            data = user_data_from_args(args, ckpt.model_config, ckpt.tokenizer)
+        if (data is not None or ckpt.user_data is not None) and given(args, "shape"):
+            note(f"--shape {args.shape} is not used: the pairs are those of the data file")
+        sets, held, source = _pair_sets(args, ckpt, data, config)
+        train = sets.train
+        if args.batch > len(train):
+            raise UsageError(f"--batch {args.batch} is more than the {len(train)} training pairs")
+        pairs_by_set = {"trained": train, **({"held_out": held} if held is not None else {})}
+        epoch = math.ceil(len(train) / args.batch)
+        steps_of = {"step_1": 1, "steps_K": args.steps, "epoch": epoch}
+        horizons = sorted(set(steps_of.values()))
+        timer = _Timer()
+        implementation = "auto" if is_pretrained(ckpt) else "materialize"
+
+        progress(f"{len(train)} training pairs, {len(held) if held is not None else 0} held "
+                 f"out; targets after {', '.join(map(str, horizons))} step(s)")
+        with timer("start"):
+            start = run_start(ckpt.graphdef, ckpt.params, config, train)
+        objective = config.make_objective()
+        static = {}
+        for name, pairs in pairs_by_set.items():
+            with timer("gradient_condition"):  # d_w, d_l at the start (policy = reference)
+                logp_w, logp_l = sequence_logps(ckpt.graphdef, ckpt.params, pairs)
+                d_w, d_l = objective_weights(objective, pairs, logp_w, logp_l, logp_w, logp_l)
+            static[name] = _static_predictors(ckpt, pairs, d_w, d_l, implementation, timer)
+            progress(f"gradient condition, CHES, edit distance of the {name} pairs done")
+        entk = _entk_predictions(start, config, train, pairs_by_set, sets.labels, horizons,
+                                 timer)
+        lr_source = "given" if args.lr is not None else "auto"
+        lr = args.lr
+        if lr is None:
+            first = np.abs(np.stack(entk["entk_realized", 1]["trained"])).max()
+            scale = float(horizons[-1] * first)
+            if not scale > 0:
+                raise UsageError("every predicted change is 0: no step size reaches a target "
+                                 "change; give --lr")
+            lr = TARGET_CHANGE / scale
+        progress(f"learning rate {lr:.3g} ({lr_source}); training")
+        real = _real_changes(ckpt, dataclasses.replace(config, learning_rate=lr), source,
+                             pairs_by_set, horizons, timer)
+
+        values, scores, curves, base_rate = {}, {}, {}, {}
+        for set_name in pairs_by_set:
+            values[set_name] = {"delta_logp_w": {t: real[steps_of[t]][set_name]
+                                                 for t in TARGETS},
+                                "gradient_condition_delta_l":
+                                    lr * static[set_name]["gradient_condition_l"]}
+            scores[set_name], curves[set_name], base_rate[set_name] = {}, {}, {}
+            for target in TARGETS:
+                steps = steps_of[target]
+                truth = real[steps][set_name]
+                base_rate[set_name][target] = float(np.mean(truth < 0))
+                scores[set_name][target], curves[set_name][target] = {}, {}
+                for name in PREDICTORS:
+                    if name.startswith("entk_"):
+                        value = lr * entk[name, steps][set_name][0]
+                    else:
+                        value = static[set_name][name] * (lr if name == "gradient_condition"
+                                                          else 1.0)
+                    values[set_name].setdefault(name, {})[target] = value
+                    scores[set_name][target][name] = score(name, value, truth,
+                                                           resamples=args.bootstrap,
+                                                           seed=args.seed)
+                    curves[set_name][target][name] = roc_curve(risk_of(name, value), truth < 0)
+        undrawn = len(train) - len(np.unique(draw_batches(
+            len(train), dataclasses.replace(config, steps=epoch), sets.labels)))
+        epoch_note = (f"epoch: {epoch} steps, as many draws as one pass over the {len(train)} "
+                      "training pairs; the batches are drawn independently at each step, so "
+                      f"{undrawn} of them were never drawn")
+        fields = checkpoint_fields(args, ckpt)
+        costs = dict(timer.costs)
+        report = {
+            "command": "predict",
+            "checkpoint": fields["checkpoint"] or "default model (cached_sft defaults)",
+            "checkpoint_training": fields["checkpoint_training"],
+            "data": None if data is None else to_dict(data.config),
+            "config": to_dict(dataclasses.replace(config, learning_rate=lr)),
+            "optimizer": args.optimizer, "learning_rate": lr, "learning_rate_source": lr_source,
+            "batch": args.batch, "train_pairs": len(train),
+            "set_sizes": {k: len(v) for k, v in pairs_by_set.items()},
+            "targets": {t: {"steps": steps_of[t], "event": "Δlog π_w < 0"} for t in TARGETS},
+            "predictors": {name: {"description": text, "signed": signed}
+                           for name, (text, signed) in PREDICTORS.items()},
+            "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "level": 0.95},
+            "top_fraction": TOP_FRACTION,
+            "base_rate": base_rate, "scores": scores,
+            # the start's log-probs and weights serve both eNTK predictors
+            "cost_s": {**{name: costs.get(name, 0.0) for name in PREDICTORS},
+                       "cosine": costs["gradient_condition"], "ln_ches": costs["ches"],
+                       "entk_full": costs["entk_full"] + costs["start"],
+                       "entk_realized": costs["entk_realized"] + costs["start"]},
+            "training_s": costs["training"],
+            "pairs": values,
+            "notes": [*NOTES, epoch_note, *([ADAM_NOTE] if args.optimizer == "adam" else [])],
+        }
+        out = Path(args.out)
+        atomic_write_json(out / "predict.json", report)
+        table = format_markdown(report)
+        atomic_write_text(out / "predict.md", table)
+        plot_roc(report, curves, out)
+        print(table, end="")
+        print(f"wrote {out / 'predict.json'}, {out / 'predict.md'} and {out / 'roc.png'}")
+    return 0
