@@ -264,7 +264,12 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, p
     if mesh is not None and config.batch_size % mesh.devices.size:
         raise ConfigError(f"batch_size={config.batch_size} is invalid: must be a multiple of the "
                           f"{mesh.devices.size} devices of the mesh")
-    ref_train = pair_logprobs(graphdef, ckpt.params, train)
+    batches = draw_batches(len(train), config, sets.labels)
+    # reference log-probs of the pairs the run draws only (a short run draws few of a large set)
+    drawn = np.unique(batches)
+    ref_drawn = pair_logprobs(graphdef, ckpt.params, train[drawn])
+    ref_row = np.zeros(len(train), int)
+    ref_row[drawn] = np.arange(len(drawn))
     ref_probe = pair_logprobs(graphdef, ckpt.params, probe)
     base = ckpt.params if mesh is None else replicate(ckpt.params, mesh)
     place = (lambda batch: batch) if mesh is None else partial(shard_batch, mesh=mesh)
@@ -325,7 +330,6 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, p
         emit(header)
         extra = method.init_extra(train.chosen.window)
         opt_state = tx.init(trainable)
-        batches = draw_batches(len(train), config, sets.labels)
         probing = config.probe_every > 0
         if probing:
             emit(run_probe(0, base, extra))
@@ -333,8 +337,8 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, p
         for step in bar:
             idx = batches[step - 1]
             trainable, opt_state, extra, metrics, flags = _train_step(
-                trainable, opt_state, extra, place(train[idx]), ref_train[0][idx],
-                ref_train[1][idx], base, **static)
+                trainable, opt_state, extra, place(train[idx]),
+                ref_drawn[0][ref_row[idx]], ref_drawn[1][ref_row[idx]], base, **static)
             check_finite(step, flags)  # NaN/Inf stops the run, naming the step and quantity
             record = {"kind": "train", "step": step,
                       **{k: float(v) for k, v in jax.device_get(metrics).items()}}

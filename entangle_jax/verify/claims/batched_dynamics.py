@@ -62,10 +62,12 @@ def _run(ctx: ModelContext, optimizer: str, step_size, stratify: bool = False):
     ckpt = dataclasses.replace(ctx.ckpt, graphdef=ctx.graphdef, params=ctx.params)
     sets = preference_pairs(ckpt, config, task=ctx.data)
     batches = draw_batches(len(sets.train), config, sets.labels)
-    drawn = np.unique(batches)[:settings.n_pairs]
-    pairs = {"held_out": ctx.pairs(length), "trained": sets.train[drawn]}
-    start = run_start(ctx.graphdef, ctx.params, config, sets.train)
-    update = planned_update(start, config, sets.train, batches)
+    drawn = np.unique(batches)
+    pairs = {"held_out": ctx.pairs(length), "trained": sets.train[drawn[:settings.n_pairs]]}
+    # the plan needs the drawn pairs only: the same sum over their draws
+    used = sets.train[drawn]
+    start = run_start(ctx.graphdef, ctx.params, config, used)
+    update = planned_update(start, config, used, np.searchsorted(drawn, batches))
     unit = {k: np.concatenate([predicted_changes(start, p.chosen, update),
                                predicted_changes(start, p.rejected, update)])
             for k, p in pairs.items()}
