@@ -164,11 +164,11 @@ def test_cli_train_objective_writes_log(tmp_path, tiny_ckpt, capsys):
     log = tmp_path / "runs" / "dpo.jsonl"
     code = main(["train", "--objective", "sigmoid", "--hparam", "beta=0.2", "--checkpoint",
                  str(tmp_path / "ckpt"), "--steps", "2", "--batch-size", "8", "--probe-every",
-                 "1", "--probe-size", "4", "--shape", "long", "--log", str(log)])
+                 "1", "--probe-size", "4", "--shape", "long", "--stratify", "--log", str(log)])
     assert code == 0
     records = read_log(log)
     assert records[0]["objective"] == "dpo(beta=0.2)"
-    assert records[0]["config"]["suffix_length"] == 6
+    assert records[0]["config"]["suffix_length"] == 6 and records[0]["config"]["stratify"]
     assert [r["kind"] for r in records].count("train") == 2
     assert main(["train", "--objective", "dpo"]) == 2  # a checkpoint is required
     assert "--checkpoint" in capsys.readouterr().err

@@ -20,7 +20,7 @@ SHARED = ("steps", "learning_rate", "batch_size")
 #: The ``dest`` of the options only preference training reads (``--objective`` aside).
 PREFERENCE_OPTIONS = ("checkpoint", "probe_data", "train_params", "hparam", "optimizer", "shape",
                       "mitigation", "balanced", "mask_l1", "mask_lr", "probe_every",
-                      "probe_size", "log", "save")
+                      "probe_size", "stratify", "log", "save")
 #: SFT and model options preference training does not read: the model is the checkpoint's.
 MODEL_OPTIONS = ("label_flip", "suffix", "pretrain_steps", "layers", "width", "heads", "max_len")
 
@@ -61,6 +61,10 @@ def add_preference_options(parser: argparse.ArgumentParser) -> None:
                                               "regularized token masking (default none)")
     g.add_argument("--balanced", action="store_true",
                    help="normalized: use (d_w + d_l)/2 on both sides (case 1 for any objective)")
+    g.add_argument("--stratify", action="store_true",
+                   help="class-balanced batches: as many pairs whose chosen answer is Positive as "
+                        "Negative in every step (the sentiment task only; plain draws follow the "
+                        "sample's imbalance, which decides which held-out class falls)")
     g.add_argument("--mask-l1", type=float, default=d.mask_l1,
                    help=f"token_mask: the L1 weight λ (default {d.mask_l1:g})")
     g.add_argument("--mask-lr", type=float, default=d.mask_learning_rate,
@@ -120,7 +124,7 @@ def run_preference(args) -> int:
         mitigation=args.mitigation, balanced=args.balanced, mask_l1=args.mask_l1,
         mask_learning_rate=args.mask_lr, optimizer=args.optimizer, suffix_length=lengths[0],
         probe_every=args.probe_every, probe_size=args.probe_size, train_params=args.train_params,
-        seed=args.seed, **given)
+        stratify=args.stratify, seed=args.seed, **given)
     log = Path(args.log or f"runs/preference/{config.make_method().name}.jsonl")
     check_output_file(log, "--log")
     if args.save:
