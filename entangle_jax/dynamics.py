@@ -644,8 +644,9 @@ def format_report(report: dict) -> str:
 
 
 __all__ = ["CASES", "GradientCondition", "OPTIMIZERS", "OneStepCheck", "UpdateCheck",
-           "auto_learning_rate", "batch_update_check", "batch_coefficient_update", "case_fractions", "case_of",
-           "coefficient_surrogate", "coefficient_update", "gradient_condition", "make_optimizer", "objective_weights", "one_step_check",
-           "pair_logprobs", "pair_token_logprobs", "response_logprobs", "sequence_logps", "step_check",
-           "update_changes", "format_report", "one_step_report", "report_pairs", "shape_name",
-           "to_float64"]
+           "auto_learning_rate", "batch_update_check", "batch_coefficient_update",
+           "case_fractions", "case_of", "coefficient_surrogate", "coefficient_update",
+           "gradient_condition", "make_optimizer", "objective_weights", "one_step_check",
+           "pair_logprobs", "pair_token_logprobs", "response_logprobs", "sequence_logps",
+           "step_check", "update_changes", "format_report", "one_step_report", "report_pairs",
+           "shape_name", "to_float64"]

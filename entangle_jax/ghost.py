@@ -311,9 +311,9 @@ def pair_leaf_grams(graphdef, params, pair, plan: tuple[str, ...], *, per_token:
                          for t in terms[i]))
             if not ready:
                 continue
-            w, l = available[0], available[1]
+            w, l_ = available[0], available[1]
             grams[i] = jnp.stack([_leaf_gram(a, b, i, terms[i], plan[i], shapes[i])
-                                  for a, b in ((w, l), (w, w), (l, l))])
+                                  for a, b in ((w, l_), (w, w), (l_, l_))])
             pending.discard(i)
         needed = {name for i in pending for t in (terms[i] or ()) for name in (t.shared, t.rowed)}
         available = Taps({k: v for k, v in available.inputs.items() if k in needed},

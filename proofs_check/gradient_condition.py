@@ -1,5 +1,6 @@
 """The gradient condition: first-order Δlog π_w, Δlog π_l against real small DPO steps (case,
-relative error, O(η²) error), case 4 never, the margin never falls, and a short real DPO run.
+relative error, O(η²) error), case 4 never, the margin never falls (a short batched run is the
+claim batched_dynamics).
 
 Headline regime: pretrained.
 
@@ -17,5 +18,5 @@ import sys
 from entangle_jax.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["verify", "--only", "gradient_condition", "--out", "reports/proofs_check/gradient_condition",
-                   *sys.argv[1:]]))
+    sys.exit(main(["verify", "--only", "gradient_condition",
+                   "--out", "reports/proofs_check/gradient_condition", *sys.argv[1:]]))

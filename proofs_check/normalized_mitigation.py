@@ -16,5 +16,5 @@ import sys
 from entangle_jax.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["verify", "--only", "normalized_mitigation", "--out", "reports/proofs_check/normalized_mitigation",
-                   *sys.argv[1:]]))
+    sys.exit(main(["verify", "--only", "normalized_mitigation",
+                   "--out", "reports/proofs_check/normalized_mitigation", *sys.argv[1:]]))

@@ -17,5 +17,5 @@ import sys
 from entangle_jax.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["verify", "--only", "output_layer_identity", "--out", "reports/proofs_check/output_layer_identity",
-                   *sys.argv[1:]]))
+    sys.exit(main(["verify", "--only", "output_layer_identity",
+                   "--out", "reports/proofs_check/output_layer_identity", *sys.argv[1:]]))

@@ -17,5 +17,5 @@ import sys
 from entangle_jax.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["verify", "--only", "theorem1_single_token", "--out", "reports/proofs_check/theorem1_single_token",
-                   *sys.argv[1:]]))
+    sys.exit(main(["verify", "--only", "theorem1_single_token",
+                   "--out", "reports/proofs_check/theorem1_single_token", *sys.argv[1:]]))

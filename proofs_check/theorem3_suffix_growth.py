@@ -16,5 +16,5 @@ import sys
 from entangle_jax.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["verify", "--only", "theorem3_suffix_growth", "--out", "reports/proofs_check/theorem3_suffix_growth",
-                   *sys.argv[1:]]))
+    sys.exit(main(["verify", "--only", "theorem3_suffix_growth",
+                   "--out", "reports/proofs_check/theorem3_suffix_growth", *sys.argv[1:]]))

@@ -17,5 +17,5 @@ import sys
 from entangle_jax.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["verify", "--only", "tokenwise_sentiment_negative", "--out", "reports/proofs_check/tokenwise_sentiment_negative",
-                   *sys.argv[1:]]))
+    sys.exit(main(["verify", "--only", "tokenwise_sentiment_negative",
+                   "--out", "reports/proofs_check/tokenwise_sentiment_negative", *sys.argv[1:]]))

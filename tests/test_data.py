@@ -63,11 +63,11 @@ def test_vocab_holds_unused_words_and_round_trips():
 
 def test_pairs_share_prompt_and_differ_only_in_the_sentiment_token(tiny_data):
     pairs = sentiment_pairs(tiny_data.eval[:5], tiny_data.vocab, 6, 32, 13)
-    w, l = np.asarray(pairs.chosen.tokens), np.asarray(pairs.rejected.tokens)
+    w, l_ = np.asarray(pairs.chosen.tokens), np.asarray(pairs.rejected.tokens)
     start = np.asarray(pairs.chosen.start)
     assert (start == np.asarray(pairs.rejected.start)).all()
     assert (np.asarray(pairs.chosen.length) == 7).all()
-    diff = w != l
+    diff = w != l_
     assert (diff.sum(1) == 1).all() and (diff.argmax(1) == start).all()
     for row, s in enumerate(tiny_data.eval[:5]):
         word = tiny_data.vocab.decode([w[row, start[row]]])[0]

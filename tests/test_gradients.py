@@ -132,8 +132,8 @@ def test_closed_form_equals_the_full_models_unembedding_gradient(tiny_ckpt, make
     grad = jax.jit(jax.grad(lambda p, s: sequence_logprob(tiny_ckpt.graphdef, p, s)))
     for k in range(len(pairs)):
         w = np.asarray(grad(tiny_ckpt.params, pairs.chosen[k])["unembed"][...], np.float64)
-        l = np.asarray(grad(tiny_ckpt.params, pairs.rejected[k])["unembed"][...], np.float64)
-        np.testing.assert_allclose(check.closed_form[k], np.vdot(w, l), rtol=1e-4)
+        l_ = np.asarray(grad(tiny_ckpt.params, pairs.rejected[k])["unembed"][...], np.float64)
+        np.testing.assert_allclose(check.closed_form[k], np.vdot(w, l_), rtol=1e-4)
 
 
 def test_closed_form_in_float64(tiny_data):

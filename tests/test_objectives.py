@@ -452,13 +452,13 @@ def test_aot_batch_weights_are_the_per_pair_formula_at_the_matched_rank(name):
                         - eps * jax.nn.log_sigmoid(-beta * delta))
 
     grad_w, grad_l = jax.grad(batch_loss, argnums=(0, 1))(lw, ll)
-    w, l, ref_w, ref_l = (np.asarray(x, np.float64) for x in (lw, ll, rw, rl))
+    w, l_, ref_w, ref_l = (np.asarray(x, np.float64) for x in (lw, ll, rw, rl))
     if name == "aot":
-        delta = np.sort(w - l) - np.sort(ref_w - ref_l)
-        rank_w = rank_l = np.argsort(np.argsort(w - l))
+        delta = np.sort(w - l_) - np.sort(ref_w - ref_l)
+        rank_w = rank_l = np.argsort(np.argsort(w - l_))
     else:
-        delta = np.sort(w - ref_w) - np.sort(l - ref_l)
-        rank_w, rank_l = np.argsort(np.argsort(w - ref_w)), np.argsort(np.argsort(l - ref_l))
+        delta = np.sort(w - ref_w) - np.sort(l_ - ref_l)
+        rank_w, rank_l = np.argsort(np.argsort(w - ref_w)), np.argsort(np.argsort(l_ - ref_l))
     phi = beta * ((1 - eps) * sig(-beta * delta) - eps * sig(beta * delta)) / len(w)
     np.testing.assert_allclose(-np.asarray(grad_w), phi[rank_w], rtol=1e-4, atol=1e-8)
     np.testing.assert_allclose(np.asarray(grad_l), phi[rank_l], rtol=1e-4, atol=1e-8)
@@ -467,7 +467,7 @@ def test_aot_batch_weights_are_the_per_pair_formula_at_the_matched_rank(name):
     # a batch of one is the per-pair loss
     rw, rl = rw[:1], rl[:1]
     np.testing.assert_allclose(float(batch_loss(lw[:1], ll[:1])), float(
-        get_objective(name, beta=beta, eps=eps).loss(w[0], l[0], ref_w[0], ref_l[0], 1, 1)),
+        get_objective(name, beta=beta, eps=eps).loss(w[0], l_[0], ref_w[0], ref_l[0], 1, 1)),
         rtol=1e-6)
 
 

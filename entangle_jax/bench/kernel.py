@@ -13,8 +13,9 @@ Two strategies, ``cross_gram(..., implementation=)``:
 - ``"stagewise"``: the backward pass is taken stage-major instead of example-major. With
   ``x_k`` the input of block ``k + 1`` and ``c_k = ∂ log π / ∂x_k`` its cotangent, one forward
   pass over every response keeps ``x_k`` at checkpoints (every ``L ≈ √K`` blocks but the
-  embedding's; the stages in between are recomputed segment by segment), the head gives ``c_K``; then for ``k = K … 1`` one
-  ``vjp`` of block ``k`` per response gives that block's per-example gradient and ``c_{k-1}``.
+  embedding's; the stages in between are recomputed segment by segment), the head gives
+  ``c_K``; then for ``k = K … 1`` one ``vjp`` of block ``k`` per response gives that block's
+  per-example gradient and ``c_{k-1}``.
   Only one block's per-example gradients exist at a time (the rows' held, the columns' streamed),
   so ``K += G_rows^k (G_cols^k)ᵀ`` block by block. The remaining leaves (embedding, final norm,
   unembedding, tied or not) get their per-example gradient from one function of the stored
