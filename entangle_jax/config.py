@@ -155,7 +155,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """Supervised fine-tuning on prompt + chosen response (language-model loss on the response).
+    """Supervised fine-tuning on prompt + chosen response (the mean next-token loss over prompt and
+    response, ``logprob.lm_loss``).
 
     ``label_flip`` is the fraction of training examples whose sentiment token is flipped (keeps the
     model uncertain between Positive and Negative). ``suffix`` is ``"varied"`` (L drawn uniformly from

@@ -321,7 +321,7 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
     Blocks of ``chunk_size`` responses are contracted block pair by block pair, so memory holds two
     blocks' gradients (or taps) at a time; the diagonal block is computed once. With a ``mesh``
     each block is split over its devices; without one, on a CPU, into ``SIDE_BY_SIDE`` sub-blocks
-    computed and contracted in threads. The result is exactly symmetric."""
+    computed and contracted in threads. The result is exactly symmetric, in the parameters' dtype."""
     _check_implementation(implementation)
     params, chunk_size = _on_mesh(params, chunk_size, mesh)
     if isinstance(batch, Pairs):
@@ -378,7 +378,8 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
             gram[hi:hi + k.shape[1], lo:lo + k.shape[0]] = k.T
         if progress is not None:
             progress(min(lo + chunk_size, n))
-    return ((gram + gram.T) / 2).astype(np.float32)  # exactly symmetric
+    # exactly symmetric, in the parameters' precision
+    return ((gram + gram.T) / 2).astype(jnp.result_type(*jax.tree.leaves(params)))
 
 
 @struct.dataclass

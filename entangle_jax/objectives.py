@@ -500,8 +500,18 @@ class Objective:
 
     @property
     def beta(self) -> float:
-        """The β of TRL's implicit reward ``β (log π − log π_ref)``; 1 for a loss without β."""
-        return float(dict(self.hparams).get("beta", 1.0))
+        """The β of TRL's implicit reward ``β (log π − log π_ref)``: the objective's own β, or the
+        hyperparameter TRL's ``beta`` stands for (IPO's τ, ORPO's λ, SPPO's 1/η); 1 for a loss
+        with none of them."""
+        hparams = dict(self.hparams)
+        if "beta" in hparams:
+            return float(hparams["beta"])
+        alias = HPARAM_ALIASES.get(self.name, {}).get("beta")
+        if alias in hparams:
+            return float(hparams[alias])
+        if self.name == "sppo" and "eta" in hparams:
+            return 1.0 / float(hparams["eta"])
+        return 1.0
 
     def loss(self, logp_w, logp_l, ref_w, ref_l, len_w, len_l):
         """Per-pair losses ``[...]``."""

@@ -9,7 +9,7 @@ from flax import nnx
 
 from entangle_jax.config import ModelConfig
 from entangle_jax.data import response_window, sentiment_pairs
-from entangle_jax.gradients import output_layer_check, pair_geometry, token_grams
+from entangle_jax.gradients import output_layer_check, pair_geometry, sequence_gram, token_grams
 from entangle_jax.logprob import sequence_logprob, token_logprobs
 from entangle_jax.models import init_model
 
@@ -147,5 +147,10 @@ def test_closed_form_in_float64(tiny_data):
                                 response_window(tiny_data.config))
         check = output_layer_check(graphdef, params, pairs)
         np.testing.assert_allclose(check.closed_form, check.autodiff, rtol=1e-12)
+        # the Gram keeps the parameters' precision (float32 rounding would lose the check above)
+        gram = sequence_gram(graphdef, params, pairs)
+        assert gram.dtype == np.float64
+        np.testing.assert_allclose(gram[0, 0], pair_geometry(graphdef, params, pairs).sq_norm_w[0],
+                                   rtol=1e-12)  # the first response is the first chosen one
     finally:
         jax.config.update("jax_enable_x64", False)

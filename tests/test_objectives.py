@@ -480,3 +480,13 @@ def test_new_losses_and_weights_are_finite_for_extreme_rewards():
         args = (r_w - 5.0, r_l - 5.0, -5.0, -5.0, 3, 4)
         for value in (objective.loss(*args), *objective.weights(*args)):
             assert np.all(np.isfinite(np.asarray(value))), name
+
+
+@pytest.mark.parametrize("name, hparams, beta", [("dpo", {"beta": 0.3}, 0.3),
+                                                 ("ipo", {"tau": 0.2}, 0.2),
+                                                 ("orpo", {"lam": 0.5}, 0.5),
+                                                 ("sppo_hard", {"eta": 4.0}, 0.25),
+                                                 ("rrhf", {}, 1.0)])
+def test_reward_beta_is_the_one_trl_uses(name, hparams, beta):
+    """TRL's rewards/* metrics scale by its ``beta``: IPO's τ, ORPO's λ, SPPO's 1/η."""
+    assert get_objective(name, **hparams).beta == pytest.approx(beta)

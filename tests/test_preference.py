@@ -192,3 +192,14 @@ def test_runs_at_other_learning_rates_reuse_the_compiled_step(tiny_ckpt):
                        zip(jax.tree.leaves(run_.params), jax.tree.leaves(tiny_ckpt.params)))
 
         assert moved(a) == pytest.approx(2 * moved(b), rel=1e-3)
+
+
+def test_read_log_refuses_a_bad_line_before_the_last(tmp_path):
+    from entangle_jax.data.records import DataError
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"kind": "config"}\n{"kind": "tra\n')
+    assert read_log(log) == [{"kind": "config"}]  # a crash cut the last line short
+    log.write_text('{"kind": "config"}\nnot json\n{"kind": "train"}\n')
+    with pytest.raises(DataError, match="log.jsonl:2"):
+        read_log(log)

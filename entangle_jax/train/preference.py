@@ -40,7 +40,7 @@ from entangle_jax.config import (ConfigError, nonnegative_ints, positive_ints, r
                                  to_dict)
 from entangle_jax.data.pairs import Pairs
 from entangle_jax.data.tasks import make_task_data, task_pairs
-from entangle_jax.data.records import PROBE_KINDS
+from entangle_jax.data.records import PROBE_KINDS, DataError
 from entangle_jax.dynamics import (OPTIMIZERS, case_fractions, coefficient_surrogate,
                                    make_optimizer, pair_logprobs, response_logprobs, step_check)
 from entangle_jax.guards import check_finite, finite_flags
@@ -362,13 +362,18 @@ def _open_log(path: str | Path):
 
 
 def read_log(path: str | Path) -> list[dict]:
-    """The records of a JSONL log (a truncated last line, from a crash, is skipped)."""
+    """The records of a JSONL log. A truncated last line (from a crash) is skipped; a bad line
+    before it means the file is not such a log and raises ``DataError``."""
     records = []
-    for line in Path(path).read_text("utf-8").splitlines():
+    lines = Path(path).read_text("utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            break
+            if number == len(lines):
+                break
+            raise DataError(f"{path}:{number}: not a JSON record (only the last line of a log "
+                            "may be cut short)") from None
     return records
 
 
