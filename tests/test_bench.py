@@ -255,11 +255,11 @@ def test_compilation_cache_folder_follows_the_environment(monkeypatch, tmp_path)
         assert enable_compilation_cache() is None
         assert jax.config.jax_compilation_cache_dir == before
         monkeypatch.setenv("ENTANGLE_JAX_COMPILATION_CACHE", str(tmp_path / "xla"))
-        assert enable_compilation_cache() == tmp_path / "xla"
-        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        assert enable_compilation_cache() == (tmp_path / "xla").resolve()
+        assert jax.config.jax_compilation_cache_dir == str((tmp_path / "xla").resolve())
         monkeypatch.delenv("ENTANGLE_JAX_COMPILATION_CACHE")
         monkeypatch.setenv("ENTANGLE_JAX_CACHE", str(tmp_path / "cache"))
-        assert enable_compilation_cache() == tmp_path / "cache" / "jax"
+        assert enable_compilation_cache() == (tmp_path / "cache" / "jax").resolve()
     finally:  # the setting is process-wide
         jax.config.update("jax_compilation_cache_dir", before)
 

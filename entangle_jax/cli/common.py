@@ -31,7 +31,9 @@ def enable_compilation_cache() -> Path | None:
     setting = os.environ.get("ENTANGLE_JAX_COMPILATION_CACHE", "")
     if setting.lower() == "off":
         return None
-    folder = Path(setting) if setting else cache_root() / "jax"
+    # absolute: a later change of directory must not move the cache
+    folder = (Path(setting) if setting else cache_root() / "jax").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
     return folder
