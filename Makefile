@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml
 verify: $(STAMP)
 	$(BIN)/entangle verify
 
-# The real-model columns (SmolLM2-135M-Instruct; reports/real): see docs/verification.md for its
-# wall time and memory.
+# The real-model columns (SmolLM2-135M-Instruct; reports/real). Hours on 2 CPU cores; its quick
+# form (entangle verify --real --quick) and its wall time and memory are in the README.
 verify-real: $(STAMP)
 	$(BIN)/entangle verify --real
 
