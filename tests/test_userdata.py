@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from entangle_jax.config import ModelConfig, SFTConfig
 from entangle_jax.data.records import DataError, read_records, tokenize
 from entangle_jax.data.userdata import (build_vocab, encode_pairs, fit_prompt, load_user_data,
-                                        pair_diffs, token_diff)
+                                        pair_diffs, sft_batch, token_diff)
 from entangle_jax.logprob import token_logprobs
 from entangle_jax.measure import format_table, measure_user_data
 from entangle_jax.train.sft import train_sft
@@ -143,6 +143,21 @@ def test_encode_pairs_writes_bos_prompt_response_for_a_word_vocabulary(tmp_path)
             assert int(resp.length[row]) == len(words)
     assert pairs.chosen.window == max(max(len(w) for w in data.records[i].words()[1:])
                                       for i in (0, 2))
+
+
+def test_sft_batches_keep_the_token_budgets_of_the_encoded_pairs(tmp_path):
+    # a response longer than the context alone fits once --max-response-tokens cuts it; the SFT
+    # batches (word models) must cut it, and the prompt, exactly as encode_pairs does
+    long = {"prompt": "one two three four five six seven", "chosen": " ".join(["yes"] * 20),
+            "rejected": " ".join(["no"] * 20)}
+    data = load_user_data(write_jsonl(tmp_path / "p.jsonl", [long, *PAIRS]),
+                          max_prompt_tokens=4, max_response_tokens=5)
+    assert data.window == 5
+    encoded = encode_pairs(data, data.vocab, range(len(PAIRS) + 1), max_len=12).pairs.chosen
+    batch = sft_batch(data, 0.0, 64, 12, np.random.default_rng(0))
+    want = {tuple(row) for row in np.asarray(encoded.tokens)}
+    assert {tuple(np.asarray(row)) for row in batch.tokens} <= want
+    assert int(batch.length.max()) == 5
 
 
 def test_example_file_is_valid_and_has_shared_tails():

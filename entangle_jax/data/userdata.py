@@ -126,10 +126,20 @@ class PreferenceData:
     config: UserDataConfig
     skipped: tuple[str, ...] = ()
 
+    def budgeted_words(self, i: int) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """``(prompt, chosen, rejected)`` words of record ``i``, its responses cut to
+        ``max_response_tokens`` (the word models' view under the budgets; the prompt is cut by
+        ``fit_prompt``)."""
+        prompt, chosen, rejected = self.records[i].words()
+        budget = self.config.max_response_tokens
+        return prompt, chosen[:budget], rejected[:budget]
+
     @property
     def window(self) -> int:
-        """Word-level response slots per sequence: the longest chosen or rejected response."""
-        return max(max(len(w[1]), len(w[2])) for w in (r.words() for r in self.records))
+        """Word-level response slots per sequence: the longest chosen or rejected response
+        within the response budget."""
+        return max(max(len(w[1]), len(w[2]))
+                   for w in map(self.budgeted_words, range(len(self.records))))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -334,6 +344,14 @@ def _word_batch(data: PreferenceData, prompts: list, responses: list, seq_len: i
     return encode_responses(data.vocab, prompts, responses, seq_len, data.window)
 
 
+def _fit_word_prompt(data: PreferenceData, i: int, prompt, response_length: int,
+                     seq_len: int) -> tuple:
+    """Record ``i``'s prompt cut as ``encode_pairs`` cuts it (``<bos>`` reserved, the prompt
+    budget applied)."""
+    return fit_prompt(prompt, response_length, seq_len, data.records[i].where,
+                      budget=data.config.max_prompt_tokens)[0]
+
+
 def sft_batch(data: PreferenceData, label_flip: float, batch_size: int, seq_len: int,
               rng: np.random.Generator) -> Responses:
     """Prompt + chosen of ``batch_size`` records drawn with replacement (word models); with
@@ -342,8 +360,9 @@ def sft_batch(data: PreferenceData, label_flip: float, batch_size: int, seq_len:
     flips = rng.random(batch_size) < label_flip
     prompts, responses = [], []
     for i, flip in zip(idx, flips):
-        prompt, chosen, rejected = data.records[i].words()
-        prompts.append(fit_prompt(prompt, max(len(chosen), len(rejected)), seq_len)[0])
+        prompt, chosen, rejected = data.budgeted_words(i)
+        prompts.append(_fit_word_prompt(data, i, prompt, max(len(chosen), len(rejected)),
+                                        seq_len))
         responses.append(rejected if flip else chosen)
     return _word_batch(data, prompts, responses, seq_len)
 
@@ -355,7 +374,8 @@ def pretrain_batch(data: PreferenceData, batch_size: int, seq_len: int,
     prompts, responses = [], []
     for i in rng.integers(0, len(data.records), batch_size):
         response = [words[j] for j in rng.integers(0, len(words), rng.integers(1, data.window + 1))]
-        prompts.append(fit_prompt(data.records[i].words()[0], len(response), seq_len)[0])
+        prompts.append(_fit_word_prompt(data, i, data.records[i].words()[0], len(response),
+                                        seq_len))
         responses.append(response)
     return _word_batch(data, prompts, responses, seq_len)
 
