@@ -1,6 +1,8 @@
-"""``entangle predict``: CHES and the edit distance by hand, and one small end-to-end run."""
+"""``entangle predict``: CHES and the edit distance by hand, and small end-to-end runs (the
+sentiment task; a data file with probe responses)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,12 @@ from entangle_jax.checkpoint import save_checkpoint
 from entangle_jax.ches import (ches_scores, edit_distance, pair_edit_distances,
                                response_hidden_sums)
 from entangle_jax.cli import main
-from entangle_jax.cli.predict import PREDICTORS, SETS, TARGETS
+from entangle_jax.cli.predict import ENTK_PREDICTORS, PREDICTORS, SETS, TARGETS
+from entangle_jax.config import ModelConfig, SFTConfig
+from entangle_jax.data.userdata import load_user_data
+from entangle_jax.train.sft import train_sft
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pairs.jsonl"
 
 
 def test_ches_by_hand():
@@ -94,3 +101,48 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert main(["predict", "--pairs", "4", "--batch", "8", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("entangle: error:") and "\n" not in err
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory):
+    """A tiny word model trained on 40 example pairs whose records carry two probe responses
+    (a rephrased chosen response and an irrelevant one), then predict with a small SGD step."""
+    base = tmp_path_factory.mktemp("predict_probes")
+    records = [json.loads(line) for line in EXAMPLE.read_text().splitlines()[:40]]
+    for k, record in enumerate(records):
+        record["chosen_selfr"] = "I think " + record["chosen"]
+        if k % 2:  # a field some records lack
+            record["irr_train"] = records[k - 1]["rejected"]
+    path = base / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    ckpt = train_sft(ModelConfig(d_model=16, n_layers=1, n_heads=2, d_mlp=32),
+                     load_user_data(path), SFTConfig(steps=20, batch_size=8), progress=False)
+    save_checkpoint(base / "ckpt", ckpt)
+    out = base / "out"
+    rc = main(["predict", "--checkpoint", str(base / "ckpt"), "--data", str(path),
+               "--pairs", "24", "--held-out", "16", "--batch", "8", "--steps", "2",
+               "--optimizer", "sgd", "--lr", "0.01", "--bootstrap", "50", "--out", str(out)])
+    return rc, out
+
+
+def test_probe_responses_of_held_out_prompts_are_predicted_to_first_order(probe_run):
+    rc, out = probe_run
+    assert rc == 0
+    report = _strict((out / "predict.json").read_text())
+    probes = report["probes"]
+    assert set(probes) == {"chosen_selfr", "irr_train"}
+    assert probes["chosen_selfr"]["responses"] == 16 and probes["irr_train"]["responses"] == 8
+    assert probes["irr_train"]["kind"] == "irrelevant"
+    assert "| chosen_selfr | chosen rephrased | 16 |" in (out / "predict.md").read_text()
+    for probe in probes.values():
+        for target in TARGETS:
+            t = probe["targets"][target]
+            real = np.asarray(t["delta_logp"])
+            assert t["fraction_fell"] == pytest.approx(np.mean(real < 0))
+            assert set(t["predicted"]) == set(ENTK_PREDICTORS)
+            # one SGD step at a small η: the realized-batch prediction is the change to first
+            # order, so it matches every response's change to a few percent
+            if t["steps"] == 1:
+                predicted = np.asarray(t["predicted"]["entk_realized"]["delta_logp"])
+                np.testing.assert_allclose(predicted, real, rtol=0.1,
+                                           atol=0.05 * np.abs(real).max())

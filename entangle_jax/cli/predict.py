@@ -20,6 +20,12 @@ the first T batches of any longer one). The two eNTK predictors are made for eac
 of steps. Scores per predictor × target, for the trained pairs and the held-out pairs: AUROC with
 a bootstrap 95% interval, precision among the 10% highest-risk pairs, sign agreement (predictors
 that predict a change) and Spearman's ρ between risk and −Δlog π_w (``entangle_jax.scoring``).
+
+Probe responses (a data file with Ren & Sutherland's probe fields: rephrasings of the chosen and
+rejected responses, irrelevant and non-language responses): for each field, the same two eNTK
+predictions of every held-out prompt's probe response, Δlog π(y) ≈ ⟨∇log π(y), U⟩, scored the same
+way against its real change, with the mean real and predicted change per field (the
+"squeezing" of Ren & Sutherland shows as most responses falling).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ NOTES = (("cosine shares its cost with gradient_condition (one pair geometry), l
           "predictors are the same for every target"))
 ADAM_NOTE = ("adam: entk_full takes the plain gradient direction (Adam's preconditioner follows "
              "the batch order, which it does not know)")
+ENTK_PREDICTORS = ("entk_full", "entk_realized")
 TARGETS = ("step_1", "steps_K", "epoch")
 SETS = ("trained", "held_out")
 FILES = ("predict.json", "predict.md", "roc.png", "roc.pdf")
@@ -140,12 +147,13 @@ class _Timer:
 # ------------------------------------------------------------------------------------------------
 
 def _pair_sets(args, ckpt, data, config):
-    """``(train_sets, held_out, source)``: the run's ``PreferenceSets`` (built by
+    """``(train_sets, held_out, probes, source)``: the run's ``PreferenceSets`` (built by
     ``preference_pairs`` from what ``train_preference`` is given: ``source``, a dict of its
-    ``data``/``task`` arguments) and the held-out ``Pairs`` (None when there are none)."""
+    ``data``/``task`` arguments), the held-out ``Pairs`` (None when there are none) and the probe
+    responses of the held-out prompts (``{field: Responses}``, empty without them)."""
     from entangle_jax.cli import UsageError
     from entangle_jax.data.tasks import make_task_data, task_pairs
-    from entangle_jax.data.userdata import encode_pairs, load_from_config
+    from entangle_jax.data.userdata import encode_pairs, encode_probes, load_from_config
     from entangle_jax.train.preference import preference_pairs
 
     if data is None and ckpt.user_data is not None and not is_pretrained(ckpt):
@@ -157,8 +165,12 @@ def _pair_sets(args, ckpt, data, config):
                              "records (give fewer --pairs or --held-out 0)")
         train = dataclasses.replace(data, records=data.records[:args.pairs])
         rest = range(args.pairs, min(n, args.pairs + args.held_out))
-        held = (encode_pairs(data, ckpt.tokenizer, rest, ckpt.model_config.max_len).pairs
-                if len(rest) else None)
+        encoded = (encode_pairs(data, ckpt.tokenizer, rest, ckpt.model_config.max_len)
+                   if len(rest) else None)
+        held = None if encoded is None else encoded.pairs
+        probes = {} if encoded is None else {
+            field: probe_set.responses for field, probe_set in
+            encode_probes(data, ckpt.tokenizer, encoded, ckpt.model_config.max_len).items()}
         source = {"data": train}
     else:
         if ckpt.data_config is None:
@@ -172,8 +184,9 @@ def _pair_sets(args, ckpt, data, config):
         held = (task_pairs(task, ckpt.tokenizer, task.eval[:args.held_out],
                            config.suffix_length, ckpt.model_config.max_len)
                 if args.held_out else None)
+        probes = {}
     sets = preference_pairs(ckpt, config, **source)
-    return sets, held, source
+    return sets, held, probes, source
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,47 +214,59 @@ def _static_predictors(ckpt, pairs, d_w, d_l, implementation, timer) -> dict:
             "edit_distance": distance}
 
 
-def _entk_predictions(start, config, train, pairs_by_set, labels, horizons, timer) -> dict:
-    """``{(name, T): {set: (Δlog π_w, Δlog π_l)}}`` of both eNTK predictors at unit step size for
-    each horizon T (SGD: linear in η; Adam too, its step being η·m̂/(√v̂+ε)). Adam's full-batch
-    prediction takes the plain gradient direction: its preconditioner follows the batch order."""
+def _entk_predictions(start, config, train, pairs_by_set, probes, labels, horizons,
+                      timer) -> tuple[dict, dict]:
+    """``({(name, T): {set: (Δlog π_w, Δlog π_l)}}, {(name, T): {probe field: Δlog π}})`` of
+    both eNTK predictors at unit step size for each horizon T (SGD: linear in η; Adam too, its
+    step being η·m̂/(√v̂+ε)). Adam's full-batch prediction takes the plain gradient direction:
+    its preconditioner follows the batch order."""
     from entangle_jax.predict import draw_batches, planned_update, predicted_changes
 
-    def changes(update):
-        return {name: (predicted_changes(start, pairs.chosen, update),
-                       predicted_changes(start, pairs.rejected, update))
-                for name, pairs in pairs_by_set.items()}
+    pair_out, probe_out = {}, {}
 
-    out = {}
+    def predict(key, update):
+        pair_out[key] = {name: (predicted_changes(start, pairs.chosen, update),
+                                predicted_changes(start, pairs.rejected, update))
+                         for name, pairs in pairs_by_set.items()}
+        probe_out[key] = {field: predicted_changes(start, responses, update)
+                          for field, responses in probes.items()}
+
     for steps in horizons:
         at = dataclasses.replace(config, steps=steps)
         with timer("entk_full"):
-            full = dataclasses.replace(at, optimizer="sgd")
-            out["entk_full", steps] = changes(planned_update(start, full, train))
+            predict(("entk_full", steps),
+                    planned_update(start, dataclasses.replace(at, optimizer="sgd"), train))
         with timer("entk_realized"):
             batches = draw_batches(len(train), at, labels)  # exactly the run's batches
-            out["entk_realized", steps] = changes(planned_update(start, at, train, batches))
+            predict(("entk_realized", steps), planned_update(start, at, train, batches))
         progress(f"eNTK predictions for {steps} step(s) done")
-    return out
+    return pair_out, probe_out
 
 
-def _real_changes(ckpt, config, source, pairs_by_set, horizons, timer) -> dict:
-    """``{T: {set: Δlog π_w}}`` after a real run of T steps from the start (each a separate run
-    of ``train_preference``, the same seed)."""
-    from entangle_jax.dynamics import sequence_logps
+def _real_changes(ckpt, config, source, pairs_by_set, probes, horizons,
+                  timer) -> tuple[dict, dict]:
+    """``({T: {set: Δlog π_w}}, {T: {probe field: Δlog π}})`` after a real run of T steps from
+    the start (each a separate run of ``train_preference``, the same seed)."""
+    from entangle_jax.dynamics import response_logprobs, sequence_logps
     from entangle_jax.train.preference import train_preference
 
-    before = {name: sequence_logps(ckpt.graphdef, ckpt.params, pairs)[0]
-              for name, pairs in pairs_by_set.items()}
-    out = {}
+    def logps(params):
+        return ({name: sequence_logps(ckpt.graphdef, params, pairs)[0]
+                 for name, pairs in pairs_by_set.items()},
+                {field: response_logprobs(ckpt.graphdef, params, responses)
+                 for field, responses in probes.items()})
+
+    before = logps(ckpt.params)
+    pair_out, probe_out = {}, {}
     for steps in horizons:
         with timer("training"):
             run = train_preference(ckpt, dataclasses.replace(config, steps=steps),
                                    progress=False, **source)
-        out[steps] = {name: sequence_logps(ckpt.graphdef, run.params, pairs)[0] - before[name]
-                      for name, pairs in pairs_by_set.items()}
+        after = logps(run.params)
+        pair_out[steps], probe_out[steps] = (
+            {name: after[k][name] - before[k][name] for name in before[k]} for k in (0, 1))
         progress(f"DPO run of {steps} step(s) done ({timer.costs['training']:.1f} s so far)")
-    return out
+    return pair_out, probe_out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,6 +293,34 @@ def score(name: str, value, real, *, resamples: int, seed: int) -> dict:
             "precision_top10": precision_at(risk, falls, TOP_FRACTION),
             "sign_agreement": sign_agreement(value, real) if signed else None,
             "spearman": float(spearman(risk, -np.asarray(real)))}
+
+
+def probe_scores(predicted: dict, real: dict, steps_of: dict, lr: float, *, resamples: int,
+                 seed: int) -> dict:
+    """Per probe field (``{(name, T): {field: Δ}}`` predicted at unit step size, ``{T: {field:
+    Δ}}`` measured): its kind and count and, per target, the real Δlog π of every response, their
+    mean and the fraction that fell, and each eNTK predictor's Δ (× ``lr``), mean and scores
+    against "Δlog π < 0"."""
+    import numpy as np
+
+    from entangle_jax.data.records import PROBE_KINDS
+
+    out = {}
+    for field in sorted(real[min(real)]):
+        targets = {}
+        for target, steps in steps_of.items():
+            truth = np.asarray(real[steps][field])
+            entry = {"steps": steps, "delta_logp": truth, "mean_delta": float(truth.mean()),
+                     "fraction_fell": float(np.mean(truth < 0)), "predicted": {}}
+            for name in ENTK_PREDICTORS:
+                value = lr * np.asarray(predicted[name, steps][field])
+                entry["predicted"][name] = {"delta_logp": value, "mean_delta": float(value.mean()),
+                                            **score(name, value, truth, resamples=resamples,
+                                                    seed=seed)}
+            targets[target] = entry
+        out[field] = {"kind": PROBE_KINDS[field], "responses": int(truth.size),
+                      "targets": targets}
+    return out
 
 
 HEADER = ("| predictor | target | AUROC [95% CI] | precision top 10% | sign agreement "
@@ -300,12 +353,36 @@ def format_markdown(report: dict) -> str:
                              f"{_fmt(s['precision_top10'])} | {_fmt(s['sign_agreement'])} | "
                              f"{_fmt(s['spearman'])} |")
         lines.append("")
+    lines += _probe_markdown(report)
     lines += ["## cost (wall seconds, both pair sets, compilation included)", "",
               "| predictor | seconds |", "|---|---|"]
     lines += [f"| {name} | {report['cost_s'][name]:.2f} |" for name in PREDICTORS]
     lines += [f"| (training runs, not a predictor) | {report['training_s']:.2f} |", ""]
     lines += [f"- {text}" for text in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _probe_markdown(report: dict) -> list[str]:
+    """The probe responses' table: real and predicted mean Δlog π, and the eNTK scores."""
+    if not report["probes"]:
+        return []
+    lines = [f"## probe responses of the {report['set_sizes']['held_out']} held-out prompts "
+             "(first-order eNTK prediction of each response's Δlog π)", "",
+             "| probe | kind | n | steps | real mean Δ | fell | full: mean Δ | full: AUROC "
+             "| realized: mean Δ | realized: AUROC [95% CI] | realized: sign agreement "
+             "| realized: ρ |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for field, probe in report["probes"].items():
+        for target in TARGETS:
+            t = probe["targets"][target]
+            full, realized = t["predicted"]["entk_full"], t["predicted"]["entk_realized"]
+            lo, hi = realized["auroc_ci95"]
+            lines.append(f"| {field} | {probe['kind']} | {probe['responses']} | {t['steps']} | "
+                         f"{_fmt(t['mean_delta'], '.3g')} | {_fmt(t['fraction_fell'])} | "
+                         f"{_fmt(full['mean_delta'], '.3g')} | {_fmt(full['auroc'])} | "
+                         f"{_fmt(realized['mean_delta'], '.3g')} | {_fmt(realized['auroc'])} "
+                         f"[{_fmt(lo)}, {_fmt(hi)}] | {_fmt(realized['sign_agreement'])} | "
+                         f"{_fmt(realized['spearman'])} |")
+    return [*lines, ""]
 
 
 def plot_roc(report: dict, curves: dict, out_dir) -> None:
@@ -378,7 +455,7 @@ def run(args) -> int:
             data = user_data_from_args(args, ckpt.model_config, ckpt.tokenizer)
         if (data is not None or ckpt.user_data is not None) and given(args, "shape"):
             note(f"--shape {args.shape} is not used: the pairs are those of the data file")
-        sets, held, source = _pair_sets(args, ckpt, data, config)
+        sets, held, probes, source = _pair_sets(args, ckpt, data, config)
         train = sets.train
         if args.batch > len(train):
             raise UsageError(f"--batch {args.batch} is more than the {len(train)} training pairs")
@@ -401,8 +478,8 @@ def run(args) -> int:
                 d_w, d_l = objective_weights(objective, pairs, logp_w, logp_l, logp_w, logp_l)
             static[name] = _static_predictors(ckpt, pairs, d_w, d_l, implementation, timer)
             progress(f"gradient condition, CHES, edit distance of the {name} pairs done")
-        entk = _entk_predictions(start, config, train, pairs_by_set, sets.labels, horizons,
-                                 timer)
+        entk, entk_probes = _entk_predictions(start, config, train, pairs_by_set, probes,
+                                              sets.labels, horizons, timer)
         lr_source = "given" if args.lr is not None else "auto"
         lr = args.lr
         if lr is None:
@@ -413,8 +490,8 @@ def run(args) -> int:
                                  "change; give --lr")
             lr = TARGET_CHANGE / scale
         progress(f"learning rate {lr:.3g} ({lr_source}); training")
-        real = _real_changes(ckpt, dataclasses.replace(config, learning_rate=lr), source,
-                             pairs_by_set, horizons, timer)
+        real, real_probes = _real_changes(ckpt, dataclasses.replace(config, learning_rate=lr),
+                                          source, pairs_by_set, probes, horizons, timer)
 
         values, scores, curves, base_rate = {}, {}, {}, {}
         for set_name in pairs_by_set:
@@ -429,7 +506,7 @@ def run(args) -> int:
                 base_rate[set_name][target] = float(np.mean(truth < 0))
                 scores[set_name][target], curves[set_name][target] = {}, {}
                 for name in PREDICTORS:
-                    if name.startswith("entk_"):
+                    if name in ENTK_PREDICTORS:
                         value = lr * entk[name, steps][set_name][0]
                     else:
                         value = static[set_name][name] * (lr if name == "gradient_condition"
@@ -468,6 +545,8 @@ def run(args) -> int:
                        "entk_realized": costs["entk_realized"] + costs["start"]},
             "training_s": costs["training"],
             "pairs": values,
+            "probes": probe_scores(entk_probes, real_probes, steps_of, lr,
+                                   resamples=args.bootstrap, seed=args.seed),
             "notes": [*NOTES, epoch_note, *([ADAM_NOTE] if args.optimizer == "adam" else [])],
         }
         out = Path(args.out)
