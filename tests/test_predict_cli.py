@@ -12,9 +12,11 @@ from entangle_jax.checkpoint import save_checkpoint
 from entangle_jax.ches import (ches_scores, edit_distance, pair_edit_distances,
                                response_hidden_sums)
 from entangle_jax.cli import main
-from entangle_jax.cli.predict import ENTK_PREDICTORS, PREDICTORS, SETS, TARGETS
+from entangle_jax.cli.predict import (ENTK_PREDICTORS, FILTER_PREDICTORS, PREDICTORS, SETS,
+                                      TARGETS, risk_of)
 from entangle_jax.config import ModelConfig, SFTConfig
 from entangle_jax.data.userdata import load_user_data
+from entangle_jax.filtering import top_risk
 from entangle_jax.train.sft import train_sft
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pairs.jsonl"
@@ -55,7 +57,7 @@ def predict_run(tiny_ckpt, tmp_path_factory):
     out = base / "out"
     rc = main(["predict", "--checkpoint", str(base / "ckpt"), "--pairs", "32", "--held-out", "16",
                "--batch", "8", "--steps", "3", "--optimizer", "sgd", "--lr", "0.02",
-               "--bootstrap", "200", "--out", str(out)])
+               "--bootstrap", "200", "--filter-seeds", "2", "--out", str(out)])
     return rc, out
 
 
@@ -84,6 +86,23 @@ def test_predict_writes_every_predictor_and_target(predict_run):
                 assert (s["sign_agreement"] is not None) == signed
             assert len(report["pairs"][set_name]["delta_logp_w"][target]) == (
                 32 if set_name == "trained" else 16)
+
+
+def test_filtering_drops_each_predictors_flagged_pairs(predict_run):
+    report = _strict((predict_run[1] / "predict.json").read_text())
+    f = report["filtering"]
+    assert f["removed_pairs"] == 4 and f["seeds"] == [0, 1] and f["steps"] == 4
+    assert {"none", "random", *FILTER_PREDICTORS, f["best_predictor"]} == set(f["rules"])
+    for name in (*FILTER_PREDICTORS, f["best_predictor"]):
+        risk = risk_of(name, np.asarray(report["pairs"]["trained"][name]["epoch"]))
+        assert f["rules"][name]["removed"] == top_risk(risk, 0.1).tolist()
+        assert set(np.argsort(-risk)[:4]) == set(f["rules"][name]["removed"])
+    # dropping nothing with the planned seed is the run the epoch target was measured on
+    none = f["rules"]["none"]["runs"][0]
+    assert none["held_out"]["fraction_chosen_fell"] == pytest.approx(
+        report["base_rate"]["held_out"]["epoch"])
+    assert none["trained"]["pairs"] == 32
+    assert "| entk_full |" in (predict_run[1] / "predict.md").read_text().split("## filtering")[1]
 
 
 def test_realized_batch_prediction_gets_the_k_step_signs(predict_run):
@@ -121,7 +140,8 @@ def probe_run(tmp_path_factory):
     out = base / "out"
     rc = main(["predict", "--checkpoint", str(base / "ckpt"), "--data", str(path),
                "--pairs", "24", "--held-out", "16", "--batch", "8", "--steps", "2",
-               "--optimizer", "sgd", "--lr", "0.01", "--bootstrap", "50", "--out", str(out)])
+               "--optimizer", "sgd", "--lr", "0.01", "--bootstrap", "50", "--filter-seeds", "1",
+               "--out", str(out)])
     return rc, out
 
 
@@ -134,6 +154,10 @@ def test_probe_responses_of_held_out_prompts_are_predicted_to_first_order(probe_
     assert probes["chosen_selfr"]["responses"] == 16 and probes["irr_train"]["responses"] == 8
     assert probes["irr_train"]["kind"] == "irrelevant"
     assert "| chosen_selfr | chosen rephrased | 16 |" in (out / "predict.md").read_text()
+    # the filtering runs measure the same probes: all of them pooled, and per field
+    filtered = report["filtering"]["rules"]["none"]["runs"][0]["probes"]
+    assert set(filtered) == {"chosen_selfr", "irr_train", "all"}
+    assert min(filtered.values()) <= filtered["all"] <= max(filtered.values())
     for probe in probes.values():
         for target in TARGETS:
             t = probe["targets"][target]

@@ -66,6 +66,12 @@ NOTES = (("cosine shares its cost with gradient_condition (one pair geometry), l
 ADAM_NOTE = ("adam: entk_full takes the plain gradient direction (Adam's preconditioner follows "
              "the batch order, which it does not know)")
 ENTK_PREDICTORS = ("entk_full", "entk_realized")
+#: Predictors whose flagged pairs the filtering experiment drops (and the best one of the run).
+FILTER_PREDICTORS = ("ches", "entk_full", "entk_realized")
+FILTER_NOTE = ("filtering: on the kept training pairs a predictor's removal is partly selection "
+               "(the pairs it dropped are not counted any more); the held-out pairs and the probes "
+               "carry no such effect. A predictor drops the same pairs for every seed (flagged "
+               "from the start, for the planned run's seed); random drops a new draw per seed")
 TARGETS = ("step_1", "steps_K", "epoch")
 SETS = ("trained", "held_out")
 FILES = ("predict.json", "predict.md", "roc.png", "roc.pdf")
@@ -118,6 +124,10 @@ def add_parser(subparsers) -> None:
                         help="seed of the run's batches and of the bootstrap (default 0)")
     parser.add_argument("--bootstrap", type=positive_int, default=1000,
                         help="bootstrap resamples of the AUROC interval (default 1000)")
+    parser.add_argument("--filter-seeds", type=nonnegative_int, default=3,
+                        help="filtering experiment: an epoch of DPO without the 10%% training "
+                             "pairs each of several predictors flags (and without a random "
+                             "10%%, and without none), for seeds 0..N-1; 0 skips it (default 3)")
     parser.add_argument("--out", metavar="DIR", default="runs/predict",
                         help="write DIR/predict.json, predict.md, roc.png (default runs/predict)")
     parser.set_defaults(run=run)
@@ -269,6 +279,30 @@ def _real_changes(ckpt, config, source, pairs_by_set, probes, horizons,
     return pair_out, probe_out
 
 
+def _filtering(args, ckpt, config, source, pairs_by_set, probes, values, scores, lr, epoch,
+               timer) -> dict:
+    """The filtering experiment (``entangle_jax.filtering``) for an epoch of the planned run:
+    drop nothing, a random 10%, or the 10% of training pairs that ``FILTER_PREDICTORS`` and the
+    run's best predictor (highest AUROC on the trained pairs after an epoch) flag."""
+    import numpy as np
+
+    from entangle_jax.filtering import filtering_experiment, top_risk
+
+    epoch_scores = scores["trained"]["epoch"]
+    best = max(PREDICTORS, key=lambda name: epoch_scores[name]["auroc"] or 0.0)
+    rules = {"none": np.array([], int), "random": None,
+             **{name: top_risk(risk_of(name, values["trained"][name]["epoch"]), TOP_FRACTION)
+                for name in dict.fromkeys((*FILTER_PREDICTORS, best))}}
+    with timer("filtering"):
+        result = filtering_experiment(
+            ckpt, dataclasses.replace(config, learning_rate=lr, steps=epoch), source,
+            pairs_by_set["trained"], rules, held=pairs_by_set.get("held_out"), probes=probes,
+            seeds=range(args.filter_seeds), fraction=TOP_FRACTION, progress=progress)
+    return {"fraction": TOP_FRACTION, "removed_pairs": len(rules[best]),
+            "seeds": list(range(args.filter_seeds)), "steps": epoch, "best_predictor": best,
+            "rules": result}
+
+
 # ------------------------------------------------------------------------------------------------
 # Scores
 # ------------------------------------------------------------------------------------------------
@@ -354,6 +388,7 @@ def format_markdown(report: dict) -> str:
                              f"{_fmt(s['spearman'])} |")
         lines.append("")
     lines += _probe_markdown(report)
+    lines += _filtering_markdown(report)
     lines += ["## cost (wall seconds, both pair sets, compilation included)", "",
               "| predictor | seconds |", "|---|---|"]
     lines += [f"| {name} | {report['cost_s'][name]:.2f} |" for name in PREDICTORS]
@@ -383,6 +418,37 @@ def _probe_markdown(report: dict) -> list[str]:
                          f"[{_fmt(lo)}, {_fmt(hi)}] | {_fmt(realized['sign_agreement'])} | "
                          f"{_fmt(realized['spearman'])} |")
     return [*lines, ""]
+
+
+def _filtering_markdown(report: dict) -> list[str]:
+    """The filtering experiment's table: one row per removal rule, mean ± sd over seeds."""
+    if "filtering" not in report:
+        return []
+    f = report["filtering"]
+
+    def cell(part, rule, name, spec=".2f"):
+        value = f["rules"][rule]["mean"][part]
+        if not value:
+            return "–"
+        mean, sd = value[name]
+        return f"{_fmt(mean, spec)} ± {_fmt(sd, spec)}"
+
+    lines = [f"## filtering: {f['removed_pairs']} of {report['train_pairs']} training pairs "
+             f"({f['fraction']:.0%}) dropped before an epoch ({f['steps']} steps) of DPO, seeds "
+             f"{f['seeds'][0]}..{f['seeds'][-1]}, mean ± sd over seeds (best predictor of this "
+             f"run: {f['best_predictor']})", "",
+             "| dropped | trained: log π_w fell | trained: mean Δ margin | held-out: log π_w fell "
+             "| held-out: mean Δlog π_w | held-out: mean Δ margin | probes: mean Δlog π |",
+             "|---|---|---|---|---|---|---|"]
+    for rule in f["rules"]:
+        lines.append(f"| {rule} | {cell('trained', rule, 'fraction_chosen_fell')} | "
+                     f"{cell('trained', rule, 'mean_delta_margin', '.3g')} | "
+                     f"{cell('held_out', rule, 'fraction_chosen_fell')} | "
+                     f"{cell('held_out', rule, 'mean_delta_chosen', '.3g')} | "
+                     f"{cell('held_out', rule, 'mean_delta_margin', '.3g')} | "
+                     f"{cell('probes', rule, 'all', '.3g')} |")
+    return [*lines, "", "(probes: the mean change of every probe response of the held-out "
+                        "prompts; per field in predict.json)", ""]
 
 
 def plot_roc(report: dict, curves: dict, out_dir) -> None:
@@ -547,8 +613,13 @@ def run(args) -> int:
             "pairs": values,
             "probes": probe_scores(entk_probes, real_probes, steps_of, lr,
                                    resamples=args.bootstrap, seed=args.seed),
-            "notes": [*NOTES, epoch_note, *([ADAM_NOTE] if args.optimizer == "adam" else [])],
+            "notes": [*NOTES, epoch_note, *([ADAM_NOTE] if args.optimizer == "adam" else []),
+                      *([FILTER_NOTE] if args.filter_seeds else [])],
         }
+        if args.filter_seeds:
+            report["filtering"] = _filtering(args, ckpt, config, source, pairs_by_set, probes,
+                                             values, scores, lr, epoch, timer)
+            report["filtering_s"] = timer.costs["filtering"]
         out = Path(args.out)
         atomic_write_json(out / "predict.json", report)
         table = format_markdown(report)

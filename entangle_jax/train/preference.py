@@ -21,6 +21,7 @@ is produced.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from functools import partial
@@ -130,6 +131,12 @@ class PreferenceSets:
     probe: Pairs
     responses: dict
     labels: np.ndarray | None = None
+
+    def restricted(self, rows) -> "PreferenceSets":
+        """The same sets training on the pairs ``train[rows]`` only."""
+        rows = np.asarray(rows)
+        return dataclasses.replace(self, train=self.train[rows],
+                                   labels=None if self.labels is None else self.labels[rows])
 
 
 def preference_pairs(ckpt: Checkpoint, config: "PreferenceConfig", data=None,
@@ -244,19 +251,22 @@ def _probe_coefficients(params, extra, probe, ref_tok_w, ref_tok_l, *, graphdef,
 
 
 def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, probe_data=None,
-                     task=None, log_path: str | Path | None = None, progress: bool = True,
-                     mesh=None) -> PreferenceRun:
+                     task=None, train_rows=None, log_path: str | Path | None = None,
+                     progress: bool = True, mesh=None) -> PreferenceRun:
     """Train ``config``'s method from ``ckpt`` (policy and frozen reference) on the pairs of
     ``preference_pairs`` (``data`` and held-out ``probe_data``, both ``PreferenceData``, or the
-    checkpoint's own data); returns the final parameters and the log records, also written to
-    ``log_path`` (JSONL) when given. The reference's per-token log-probs are computed once, before
-    the first step. Deterministic for ``config.seed``. With a ``mesh``
+    checkpoint's own data), or on the training pairs ``train_rows`` of them only; returns the
+    final parameters and the log records, also written to ``log_path`` (JSONL) when given. The
+    reference's per-token log-probs are computed once, before the first step. Deterministic for
+    ``config.seed``. With a ``mesh``
     (``sharding.batch_mesh()``) each batch is split over its devices and the parameters
     replicated; the batch size must then be a multiple of the device count."""
     method, subset = config.make_method(), config.subset()
     objective = method.objective
     graphdef = ckpt.graphdef
     sets = preference_pairs(ckpt, config, data, probe_data, task)
+    if train_rows is not None:
+        sets = sets.restricted(train_rows)
     train, probe = sets.train, sets.probe
     if config.batch_size > len(train):
         raise ConfigError(f"batch_size={config.batch_size} is invalid: only {len(train)} "
@@ -313,6 +323,8 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, p
               "probe_data": None if probe_data is None else to_dict(probe_data.config),
               "sft_config": None if ckpt.sft_config is None else to_dict(ckpt.sft_config),
               "train_pairs": len(train), "probe_pairs": len(probe),
+              **({} if train_rows is None else
+                 {"train_rows": [int(r) for r in np.asarray(train_rows)]}),
               "trained_parameters": sum(int(x.size) for x in jax.tree.leaves(trainable)),
               "probe_responses": {name: {"kind": PROBE_KINDS.get(name, name),
                                          "prompts": len(probe_set.rows)}
