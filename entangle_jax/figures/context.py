@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from entangle_jax.config import config_hash
+from entangle_jax.provenance import cache_key
 from entangle_jax.io import atomic_write_json
 
 
@@ -43,7 +43,7 @@ class FigureContext:
         return Path(self.cache_dir) / "models"
 
     def run_dir(self, name: str, config) -> Path:
-        return Path(self.cache_dir) / "figures" / f"{name}-{config_hash(config)}"
+        return Path(self.cache_dir) / "figures" / f"{name}-{cache_key(config)}"
 
     def cached(self, name: str, config, compute: Callable[[Path], dict]) -> dict:
         """The results of ``compute(run_dir)`` for ``config``: read from ``run_dir/results.json``

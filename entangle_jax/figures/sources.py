@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from entangle_jax.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from entangle_jax.config import DataConfig, ModelConfig, config_hash
+from entangle_jax.config import DataConfig, ModelConfig
+from entangle_jax.provenance import cache_key
 from entangle_jax.train.preference import PreferenceConfig, read_log, train_preference
 from entangle_jax.train.sft import cached_sft
 from entangle_jax.verify.regimes import REGIMES, Regime, VerifySettings
@@ -77,7 +78,7 @@ def cached_preference(ckpt: Checkpoint, config: PreferenceConfig, ctx) -> Prefer
     """Train ``config`` from ``ckpt`` once; later calls read the log and the final parameters
     from ``ctx.cache_dir/preference/<hash>/`` (the checkpoint is written after the log is
     complete, so a present checkpoint means a finished run)."""
-    key = config_hash(ckpt.model_config, ckpt.data_config, ckpt.sft_config, config)
+    key = cache_key(ckpt.model_config, ckpt.data_config, ckpt.sft_config, config)
     directory = Path(ctx.cache_dir) / "preference" / key
     log_path = directory / "log.jsonl"
     if ctx.use_stored(str(directory)):

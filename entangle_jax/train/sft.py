@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from entangle_jax.checkpoint import (TRAIN_STATE, Checkpoint, CheckpointError, TrainState,
                                      load_checkpoint, load_train_state, save_checkpoint,
                                      save_train_state)
-from entangle_jax.config import DataConfig, ModelConfig, SFTConfig, config_hash, to_dict
+from entangle_jax.config import DataConfig, ModelConfig, SFTConfig, to_dict
 from entangle_jax.data import userdata
 from entangle_jax.data.pairs import Responses, encode_responses
 from entangle_jax.data.sentiment import (SentimentData, make_sentiment_data, response_window,
@@ -43,7 +43,7 @@ from entangle_jax.guards import check_finite, finite_flags
 from entangle_jax.io import atomic_write_text
 from entangle_jax.logprob import lm_loss
 from entangle_jax.models import init_model
-from entangle_jax.provenance import json_hash
+from entangle_jax.provenance import cache_key, json_hash
 
 METRICS = "metrics.jsonl"
 
@@ -200,7 +200,8 @@ def _with_vocab(model_config: ModelConfig, data: SentimentData) -> ModelConfig:
 
 def cached_sft(model_config: ModelConfig, data_config: DataConfig, sft_config: SFTConfig, *,
                cache_dir: str | Path = ".cache/models", progress: bool = True) -> Checkpoint:
-    """Train (or reuse from ``cache_dir``, keyed by the configs' hash) an SFT checkpoint."""
+    """Train (or reuse from ``cache_dir``, keyed by the configs, the package versions and the
+    code: ``provenance.cache_key``) an SFT checkpoint."""
     return cached_sft_on(model_config, make_sentiment_data(data_config), sft_config,
                          cache_dir=cache_dir, progress=progress)
 
@@ -211,7 +212,7 @@ def cached_sft_on(model_config: ModelConfig, data, sft_config: SFTConfig, *,
     by its content hash too)."""
     data_config = data.config
     model_config = _with_vocab(model_config, data)
-    directory = Path(cache_dir) / config_hash(model_config, data_config, sft_config)
+    directory = Path(cache_dir) / cache_key(model_config, data_config, sft_config)
     try:
         return load_checkpoint(directory)
     except CheckpointError:
@@ -262,8 +263,8 @@ def cached_finetune(base: Checkpoint, base_id: str, data, config: SFTConfig,
                     train_params: str = "all", *, cache_dir: str | Path = ".cache/models",
                     progress: bool = True) -> Checkpoint:
     """``finetune``, reused from ``cache_dir`` when the same base (``base_id``), task, SFT
-    config and subset were trained before."""
-    key = json_hash({"base": base_id, "task": to_dict(data.config), "sft": to_dict(config),
+    config and subset were trained before by the same code and package versions."""
+    key = cache_key({"base": base_id, "task": to_dict(data.config), "sft": to_dict(config),
                      "train_params": train_params})
     directory = Path(cache_dir) / f"finetune-{key}"
     try:

@@ -16,25 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.metadata
 import os
 import platform
 from collections.abc import Sequence
 
-from entangle_jax.config import config_hash
+from entangle_jax.provenance import json_hash, package_versions
 
 _SHORT = {"HOLDS": "HOLDS", "FAILS": "FAILS", "NOT_APPLICABLE": "n/a"}
-PACKAGES = ("entangle_jax", "jax", "jaxlib", "flax", "optax", "numpy")
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def machine() -> dict:
@@ -51,7 +39,7 @@ def build_report(settings, claims: Sequence, rows: dict[str, list[dict]], timing
         out.append({"id": claim.id, "statement": claim.statement,
                     "headline_regime": own,
                     "headline_verdict": headline["verdict"], "regimes": regimes})
-    return {"claims": out, "versions": versions(), "config_hash": config_hash(settings),
+    return {"claims": out, "versions": package_versions(), "config_hash": json_hash(settings),
             "settings": dataclasses.asdict(settings), "machine": machine(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "timings": {k: (round(v, 2) if isinstance(v, float) else
