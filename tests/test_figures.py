@@ -245,3 +245,26 @@ def test_cli_reuses_the_cached_run_and_reports_bad_input(figures, tmp_path, caps
     assert list(summary["figures"]) == [STEMS[2]] and (out / f"{STEMS[2]}.png").exists()
     assert main(["figures", "--only", "nine"]) == 2
     assert "names no figure" in capsys.readouterr().err
+
+
+def test_the_figures_are_modules_of_the_installed_package():
+    """``entangle figures`` needs no source checkout: every figure is a module of a package that
+    the build's package list holds, and each ``figures/`` script runs one of them."""
+    from pathlib import Path
+
+    import entangle_jax
+    from entangle_jax.figures import paper
+
+    # pyproject's [tool.setuptools.packages.find] takes every package under entangle_jax
+    package = Path(entangle_jax.__file__).resolve().parent
+    folder = Path(paper.__file__).resolve().parent
+    assert all((d / "__init__.py").is_file() for d in (folder, *folder.parents)
+               if d.is_relative_to(package))
+    root = package.parent
+    assert [Path(load(name).__file__).parent for name in discover().values()] == \
+        [Path(paper.__file__).parent] * len(STEMS)
+    scripts = sorted((root / "figures").glob("fig*.py"))
+    assert [p.stem for p in scripts] == sorted(STEMS)
+    for path in scripts:
+        number = path.stem.split("_")[0]
+        assert f'main(["figures", "--only", "{number}", *sys.argv[1:]])' in path.read_text()

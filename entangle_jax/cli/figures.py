@@ -1,4 +1,5 @@
-"""``entangle figures``: regenerate the paper's figures and the toolkit's own (``figures/``)."""
+"""``entangle figures``: regenerate the paper's figures and the toolkit's own
+(``entangle_jax.figures.paper``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "figures", help="regenerate every figure (PNG, PDF and the plotted numbers as CSV)",
-        description="Runs the figure scripts of figures/ (fig1 … fig7): trains or reuses the "
-                    "models and runs they need (cached by config hash under --cache-dir), then "
+        description="Runs the figures (fig1 … fig7): trains or reuses the models and runs "
+                    "they need (cached under --cache-dir), then "
                     "writes OUT/<figure>.png, .pdf and .csv, and OUT/figures.json (timings).")
     parser.add_argument("--only", help="comma-separated figures to run: numbers (1,3), fig3 or "
                                        "full names (default: all)")

@@ -1,8 +1,9 @@
 """Where a figure run writes and reads, and the command-line options that say so.
 
 A figure is computed once per configuration: ``FigureContext.cached`` keeps the run's results (and
-any log the run writes beside them) under ``cache_dir/figures/<figure>-<config hash>/`` and returns
-the stored results when the same configuration comes again. Trained models live under
+any log the run writes beside them) under ``cache_dir/figures/<figure>-<key>/`` (the key:
+``provenance.cache_key`` of the configuration, the package versions and the code) and returns the
+stored results when the same configuration comes again. Trained models live under
 ``cache_dir/models`` (``train.sft.cached_sft``), the same place ``entangle measure`` and ``entangle
 verify`` use, so a figure reuses a model any of them trained. This module stays light (no plotting
 imports): ``entangle --help`` builds its options.
@@ -16,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from entangle_jax.provenance import cache_key
 from entangle_jax.io import atomic_write_json
+from entangle_jax.provenance import cache_key
 
 
 @dataclass(frozen=True)
