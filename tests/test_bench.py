@@ -14,6 +14,8 @@ from entangle_jax.models import init_model
 def rows():
     specs = [{"config": "default", "task": task, "method": "auto", "pairs": 2, "repeats": 1}
              for task in ("sequence_gram", "token_gram")]
+    specs.append({"config": "default", "task": "entk_prediction", "method": "auto", "pairs": 2,
+                  "train_pairs": 4, "repeats": 1})
     rows = [run_case(spec, timeout=300) for spec in specs]
     _add_ratios(rows)
     return rows
@@ -34,8 +36,15 @@ def test_the_table_has_a_row_per_case_and_names_skipped_peers(rows):
                           "load_average_1m_end": 0.0, "matmul_gflops": 1.0},
               "peers": {"torch": None, "neural_tangents": "why not"}, "rows": rows}
     table = format_table(result)
-    assert table.count("| default |") == 2
+    assert table.count("| default |") == 3 and "| 2 × 4 |" in table
     assert "neural_tangents: skipped — why not" in table and "torch: skipped" not in table
+
+
+def test_the_entk_prediction_agrees_with_the_materialized_kernel(rows):
+    # auto (a weighted backward pass and Jacobian-vector products) against every per-example
+    # gradient from vmap(grad) and the kernel, computed in the same case
+    row = next(r for r in rows if r["task"] == "entk_prediction")
+    assert row["max_rel_diff"] < 1e-4
 
 
 def test_a_failing_case_becomes_a_row_with_its_error():

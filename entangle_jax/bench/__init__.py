@@ -4,7 +4,10 @@ Every case runs in its own process (``entangle_jax.bench.case``) on the same see
 peak resident memory is its own. Rows: our ``materialize``, ``structured`` and ``auto``; (a)
 ``loop_grad``, a Python loop of per-example ``jax.grad``; (b) ``loop_token``, one backward per
 response token (the paper's analysis code); (c) ``torch_vmap`` / ``torch_jacrev`` on the same
-architecture and weights, when PyTorch is installed; (d) neural-tangents, when it imports.
+architecture and weights, when PyTorch is installed; (d) neural-tangents, when it imports. The
+``entk_prediction`` rows (``entangle predict``'s first-order change of N pairs under the update
+of B training pairs) set ``auto``, the toolkit's backward pass plus Jacobian-vector products,
+against ``materialize``, every per-example gradient from ``vmap(grad)`` and the kernel.
 The ratio column is each row's median time over ``auto``'s median in the same run.
 """
 
@@ -59,6 +62,11 @@ def plan_cases(quick: bool, peers: dict[str, str | None]) -> list[dict]:
         for method in (*JAX_METHODS, "loop_token", *(["torch_jacrev"] if torch_ok else [])):
             cases.append({"config": config, "task": "token_gram", "method": method, "pairs": 1,
                           "repeats": reps})
+    # the first-order change of N pairs under the update of B training pairs (entangle predict)
+    for method in ("auto", "materialize"):
+        cases.append({"config": "default", "task": "entk_prediction", "method": method,
+                      "pairs": 16 if quick else 256, "train_pairs": 32 if quick else 640,
+                      "repeats": reps})
     cases.append({"config": "gpt2-small", "task": "forward", "method": "forward",
                   "pairs": 4 if quick else 32, "repeats": 1})
     cases.append({"config": "gpt2-small", "task": "pair_stats", "method": "auto",
@@ -136,17 +144,20 @@ def format_table(result: dict) -> str:
     lines = [f"{m['date']} · {m['platform']} · {m['cpus']} CPUs · load {m['load_average_1m']:.1f}"
              f"→{m['load_average_1m_end']:.1f} · 2048² matmul {m['matmul_gflops']:.0f} GFLOP/s", "",
              "| config | task | method | pairs | median ms | compile s | peak MB | GFLOP/s | "
-             "× auto time | compiles (warm/timed/other) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "× auto time | compiles (warm/timed/other) | max rel. diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        head = f"| {r['config']} | {r['task']} | {r['method']} | {r['pairs']} |"
+        pairs = r["pairs"] if "train_pairs" not in r else f"{r['pairs']} × {r['train_pairs']}"
+        head = f"| {r['config']} | {r['task']} | {r['method']} | {pairs} |"
         if "error" in r:
-            lines.append(f"{head} error: {r['error']} | | | | | |")
+            lines.append(f"{head} error: {r['error']} | | | | | | |")
             continue
+        diff = "" if r.get("max_rel_diff") is None else f"{r['max_rel_diff']:.1e}"
         ratio = "" if r["vs_auto"] is None else f"{r['vs_auto']:.2f}"
         lines.append(f"{head} {1e3 * r['median_s']:.1f} | {r['compile_s']:.1f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['gflops']:.1f} | {ratio} | "
-                     f"{r['compiles_warmup']}/{r['compiles_timed']}/{r['compiles_other_shape']} |")
+                     f"{r['compiles_warmup']}/{r['compiles_timed']}/{r['compiles_other_shape']} | "
+                     f"{diff} |")
     for peer, why in result["peers"].items():
         if why is not None:
             lines.append(f"\n{peer}: skipped — {why}")

@@ -1,8 +1,13 @@
 """One benchmark case in its own process, so that its peak resident memory is its own:
 ``python -m entangle_jax.bench.case '<spec json>'`` prints one JSON result line.
 
-Spec: ``{"config": name, "task": "sequence_gram" | "token_gram" | "pair_stats" | "forward",
-"method": …, "pairs": B, "repeats": n}``. The first call (compile + run) is timed apart; the median
+Spec: ``{"config": name, "task": "sequence_gram" | "token_gram" | "pair_stats" | "forward" |
+"entk_prediction", "method": …, "pairs": B, "repeats": n}``. ``entk_prediction`` also takes
+``"train_pairs"``: the first-order change of the ``pairs`` responses' log-probs under the SGD
+update of the training pairs (random coefficients); ``auto`` is the toolkit's way (one weighted
+backward pass, one Jacobian-vector product per response), ``materialize`` forms every
+per-example gradient with ``vmap(grad)`` and contracts the kernel; ``max_rel_diff`` compares
+the two. The first call (compile + run) is timed apart; the median
 of ``repeats`` further calls (more for calls of a few milliseconds, until ``MIN_TIMED_S`` seconds
 are timed) is the run time. Compilations are counted through ``jax.monitoring`` during warm-up,
 during the timed calls and during one call on a batch of other suffix lengths of the same padded
@@ -63,6 +68,36 @@ def synthetic_pairs(n: int, seq_len: int, window: int, vocab: int, seed: int, su
                          jnp.full(n, suffix + 1, jnp.int32), window)
 
     return Pairs(side(), side())
+
+
+def _entk_method(method: str, graphdef, params, train: Pairs, coef_w, coef_l):
+    """``pairs ↦ [2N]`` first-order changes ``⟨g_j, U⟩``, ``U = (1/B) Σ_i (c_w,i g_w,i −
+    c_l,i g_l,i)``, of the chosen then rejected responses of ``pairs``."""
+    from entangle_jax.dynamics import batch_coefficient_update, update_changes
+
+    if method == "auto":
+        token_w = coef_w[:, None] * train.chosen.response_mask
+        token_l = coef_l[:, None] * train.rejected.response_mask
+
+        def run(pairs):
+            update = batch_coefficient_update(graphdef, params, train, token_w, token_l)
+            return update_changes(graphdef, params, pairs_as_responses(pairs), update)[1]
+        return run
+    if method == "materialize":  # the peer: every per-example gradient, then the kernel
+        grads = jax.jit(jax.vmap(jax.grad(partial(sequence_logprob, graphdef)),
+                                 in_axes=(None, 0)))
+        kernel = jax.jit(lambda a, b: sum(jnp.einsum("i...,j...->ij", x, y) for x, y in
+                                          zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+        weights = jnp.concatenate([coef_w, -coef_l]) / len(train)
+
+        def run(pairs):
+            g_train = grads(params, pairs_as_responses(train))
+            rows = pairs_as_responses(pairs)
+            out = [kernel(grads(params, rows[lo:lo + 64]), g_train) @ weights
+                   for lo in range(0, rows.tokens.shape[0], 64)]
+            return np.concatenate([np.asarray(o) for o in out])
+        return run
+    raise ValueError(f"unknown method {method!r}")
 
 
 def _jax_method(task: str, method: str, graphdef, params):
@@ -134,8 +169,14 @@ def run_case(spec: dict) -> dict:
     other = synthetic_pairs(n, cfg.model.max_len, window, cfg.model.vocab_size, 1, window // 2)
     result = {**spec, "params": count_params(params), "flop_params": flop_params(params),
               "seq_len": cfg.model.max_len, "window": window}
-    gap = None
-    if method.startswith("torch"):
+    gap = agreement = None
+    if task == "entk_prediction":
+        b = spec["train_pairs"]
+        train = synthetic_pairs(b, cfg.model.max_len, window, cfg.model.vocab_size, 2, window - 1)
+        coef = tuple(map(jnp.asarray, np.random.default_rng(3).uniform(0.1, 1.0, (2, b))
+                         .astype(np.float32)))
+        run = _entk_method(method, graphdef, params, train, *coef)
+    elif method.startswith("torch"):
         run, gap = _torch_method(task, cfg.model, graphdef, params, pairs)
     else:
         run = _jax_method(task, method, graphdef, params)
@@ -153,13 +194,22 @@ def run_case(spec: dict) -> dict:
     timed_compiles = _COMPILES[0] - warm_compiles
     if spec["repeats"] and not method.startswith("torch"):
         jax.block_until_ready(run(other))
+    other_shape_compiles = _COMPILES[0] - warm_compiles - timed_compiles
     median = float(np.median(times)) if times else first
-    flops = lower_bound_flops(task, params, cfg.model.max_len, n, window)
+    peak = _peak_rss_mb()
+    if task == "entk_prediction":  # after the peak: the other method's memory is not this row's
+        other_method = "materialize" if method == "auto" else "auto"
+        reference = np.asarray(_entk_method(other_method, graphdef, params, train, *coef)(pairs))
+        agreement = float(np.max(np.abs(np.asarray(run(pairs)) - reference))
+                          / np.max(np.abs(reference)))
+    flops = lower_bound_flops(task, params, cfg.model.max_len, n, window,
+                              spec.get("train_pairs", 0))
     result.update(first_s=first, median_s=median, compile_s=max(0.0, first - median),
                   times_s=times, compiles_warmup=warm_compiles, compiles_timed=timed_compiles,
-                  compiles_other_shape=_COMPILES[0] - warm_compiles - timed_compiles,
-                  baseline_rss_mb=baseline, peak_rss_mb=_peak_rss_mb(),
-                  lower_bound_gflop=flops / 1e9, gflops=flops / 1e9 / median, torch_logprob_gap=gap)
+                  compiles_other_shape=other_shape_compiles,
+                  baseline_rss_mb=baseline, peak_rss_mb=peak,
+                  lower_bound_gflop=flops / 1e9, gflops=flops / 1e9 / median, torch_logprob_gap=gap,
+                  max_rel_diff=agreement)
     return result
 
 

@@ -7,7 +7,9 @@ The lower bound counts matrix-multiply FLOPs only, with ``P`` the parameters tha
     sequence Gram of N responses:  6·P·T·N + 2·P·N(N+1)/2 (one contraction per unordered pair);
     per-pair statistics of B pairs: 6·P·T·2B + 2·P·3B;
     token Gram of one pair (R rows a side): 2·2·P·T + 2·Σ_i 4·P·(q_i + 1) + 2·P·3R², where token i
-    sits at position q_i and, by causality, its gradient needs positions ≤ q_i only.
+    sits at position q_i and, by causality, its gradient needs positions ≤ q_i only;
+    eNTK prediction of N pairs from B training pairs: 6·P·T·2B (one weighted backward pass) +
+    4·P·T·2N (one Jacobian-vector product per response).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def flop_params(params) -> int:
     return total
 
 
-def lower_bound_flops(task: str, params, seq_len: int, n_pairs: int, window: int) -> float:
+def lower_bound_flops(task: str, params, seq_len: int, n_pairs: int, window: int,
+                      train_pairs: int = 0) -> float:
     """The FLOP lower bound of the module docstring for one call of ``task``."""
     p, t = flop_params(params), seq_len
     if task == "sequence_gram":
@@ -62,4 +65,6 @@ def lower_bound_flops(task: str, params, seq_len: int, n_pairs: int, window: int
         return 4 * p * t + 2 * sum(4 * p * (q + 1) for q in positions) + 6 * p * window**2
     if task == "forward":
         return 2 * p * t * 2 * n_pairs
+    if task == "entk_prediction":
+        return 6 * p * t * 2 * train_pairs + 4 * p * t * 2 * n_pairs
     raise ValueError(f"unknown task {task!r}")
