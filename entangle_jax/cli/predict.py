@@ -125,9 +125,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--bootstrap", type=positive_int, default=1000,
                         help="bootstrap resamples of the AUROC interval (default 1000)")
     parser.add_argument("--filter-seeds", type=nonnegative_int, default=3,
-                        help="filtering experiment: an epoch of DPO without the 10%% training "
-                             "pairs each of several predictors flags (and without a random "
-                             "10%%, and without none), for seeds 0..N-1; 0 skips it (default 3)")
+                        help="filtering experiment: an epoch of DPO without the 10%% of "
+                             "training pairs each of several predictors flags, against dropping "
+                             "a random 10%% and dropping nothing, for seeds 0..N-1; 0 skips it "
+                             "(default 3)")
     parser.add_argument("--out", metavar="DIR", default="runs/predict",
                         help="write DIR/predict.json, predict.md, roc.png (default runs/predict)")
     parser.set_defaults(run=run)
