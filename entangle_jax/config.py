@@ -9,7 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
+
+#: The parameter dtypes a model can be built in.
+ParamDtype = Literal["float32", "float64"]
+#: SFT suffix lengths: a random one per example, or always the full suffix.
+SuffixMode = Literal["varied", "fixed"]
 
 
 #: The longest response suffix the synthetic data can build (see ``data.sentiment.SUFFIX_WORDS``).
@@ -29,6 +34,13 @@ def require(obj, field: str, ok: bool, allowed: str) -> None:
     """Raise ``ConfigError`` naming ``obj``'s class, ``field``, its value and ``allowed`` unless ``ok``
     (the validation every config of the project uses, in this module or beside its consumer)."""
     _require(ok, type(obj).__name__, field, getattr(obj, field), allowed)
+
+
+def one_of(obj, field: str, choices) -> None:
+    """``require`` that ``field`` is one of ``choices`` (a ``Literal`` type or a sequence)."""
+    options = get_args(choices) or tuple(choices)
+    require(obj, field, getattr(obj, field) in options,
+            f"one of {', '.join(map(repr, options))}")
 
 
 def positive_ints(obj, *names: str) -> None:
@@ -75,7 +87,7 @@ class ModelConfig:
     d_mlp: int = 256
     tie_embeddings: bool = False
     unembed_bias: bool = False
-    param_dtype: str = "float32"
+    param_dtype: ParamDtype = "float32"
 
     def __post_init__(self):
         positive_ints(self, "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "d_mlp")
@@ -83,8 +95,7 @@ class ModelConfig:
         name = type(self).__name__
         _require(self.d_model % self.n_heads == 0, name, "n_heads", self.n_heads,
                  f"must divide d_model={self.d_model}")
-        _require(self.param_dtype in ("float32", "float64"), name, "param_dtype",
-                 self.param_dtype, "one of 'float32', 'float64'")
+        one_of(self, "param_dtype", ParamDtype)
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,7 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     rms_eps: float = 1e-5
     tie_embeddings: bool = True
-    param_dtype: str = "float32"
+    param_dtype: ParamDtype = "float32"
 
     def __post_init__(self):
         positive_ints(self, "vocab_size", "max_len", "d_model", "n_layers", "n_heads",
@@ -119,8 +130,7 @@ class LlamaConfig:
         require(self, "head_dim", self.head_dim % 2 == 0, "must be even (rotary pairs)")
         require(self, "rope_theta", self.rope_theta > 1, "must be > 1")
         require(self, "rms_eps", self.rms_eps > 0, "must be > 0")
-        require(self, "param_dtype", self.param_dtype in ("float32", "float64"),
-                "one of 'float32', 'float64'")
+        one_of(self, "param_dtype", ParamDtype)
 
 
 @dataclass(frozen=True)
@@ -169,7 +179,7 @@ class SFTConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 0.01
     label_flip: float = 0.0
-    suffix: str = "varied"
+    suffix: SuffixMode = "varied"
     pretrain_steps: int = 0
     seed: int = 0
 
@@ -182,8 +192,7 @@ class SFTConfig:
         _require(self.weight_decay >= 0, name, "weight_decay", self.weight_decay, "must be >= 0")
         _require(0.0 <= self.label_flip <= 1.0, name, "label_flip", self.label_flip,
                  "must lie in [0, 1]")
-        _require(self.suffix in ("varied", "fixed"), name, "suffix", self.suffix,
-                 "one of 'varied', 'fixed'")
+        one_of(self, "suffix", SuffixMode)
 
 
 def to_dict(config) -> dict:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Literal
 from functools import partial
 
 import jax
@@ -41,8 +42,10 @@ from entangle_jax.logprob import batch_sequence_logprobs, sequence_logprob, toke
 from entangle_jax.models import in_precision
 from entangle_jax.objectives import Objective
 
-#: The optimizers a preference step can use: name → optax constructor of the learning rate.
-OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+#: The optimizers a preference step can use (``OPTIMIZERS``' keys).
+Optimizer = Literal["sgd", "adam"]
+#: ``Optimizer`` → the optax constructor of the learning rate.
+OPTIMIZERS: dict[Optimizer, Callable[[float], optax.GradientTransformation]] = {
     "sgd": optax.sgd,
     "adam": optax.adam,
 }

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal, Protocol, get_args
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,26 @@ from entangle_jax.gradients import token_grams
 from entangle_jax.logprob import sequence_logprob
 from entangle_jax.objectives import Objective
 
-MITIGATIONS = ("none", "normalized", "token_mask")
+#: The update rules a preference run can train with (``make_method``).
+Mitigation = Literal["none", "normalized", "token_mask"]
+MITIGATIONS = get_args(Mitigation)
+
+
+class UpdateRule(Protocol):
+    """What a preference loop needs of a method: its per-token coefficients for a batch and the
+    side state (``extra``: None, or the token mask) it carries from step to step."""
+
+    objective: Objective
+
+    @property
+    def name(self) -> str: ...
+
+    def init_extra(self, window: int): ...
+
+    def coefficients(self, graphdef, params, extra, pairs: Pairs, ref_tok_w, ref_tok_l):
+        """``(c_w [B, W], c_l [B, W], outputs)`` for a batch; traceable."""
+
+    def update_extra(self, extra, outputs: dict, ref_tok_w, ref_tok_l, len_w, len_l): ...
 
 
 def pair_lengths(pairs: Pairs):
@@ -194,17 +214,23 @@ class TokenMask:
         return jnp.clip(mask - self.mask_learning_rate * grad, 0.0, 1.0)
 
 
-def make_method(objective: Objective, mitigation: str = "none", *, balanced: bool = False,
+#: ``Mitigation`` → its update rule, from the objective and the options of ``make_method``.
+_RULES = {
+    "none": lambda objective, balanced, mask_l1, mask_lr: Plain(objective),
+    "normalized": lambda objective, balanced, mask_l1, mask_lr: PairwiseNormalized(objective,
+                                                                                    balanced),
+    "token_mask": lambda objective, balanced, mask_l1, mask_lr: TokenMask(objective, mask_l1,
+                                                                          mask_lr),
+}
+
+
+def make_method(objective: Objective, mitigation: Mitigation = "none", *, balanced: bool = False,
                 mask_l1: float = TokenMask.l1,
-                mask_learning_rate: float = TokenMask.mask_learning_rate):
+                mask_learning_rate: float = TokenMask.mask_learning_rate) -> UpdateRule:
     """The update rule ``mitigation`` (one of ``MITIGATIONS``) for ``objective``."""
-    if mitigation == "none":
-        return Plain(objective)
-    if mitigation == "normalized":
-        return PairwiseNormalized(objective, balanced)
-    if mitigation == "token_mask":
-        return TokenMask(objective, mask_l1, mask_learning_rate)
-    raise ConfigError(f"mitigation={mitigation!r} is invalid: one of {', '.join(MITIGATIONS)}")
+    if mitigation not in _RULES:
+        raise ConfigError(f"mitigation={mitigation!r} is invalid: one of {', '.join(MITIGATIONS)}")
+    return _RULES[mitigation](objective, balanced, mask_l1, mask_learning_rate)
 
 
 def mask_report(graphdef, params, mask, pairs: Pairs) -> dict:
@@ -234,5 +260,6 @@ def mask_report(graphdef, params, mask, pairs: Pairs) -> dict:
             "cosine": float(cos.mean()), "masked_cosine": float(np.nanmean(masked_cos))}
 
 
-__all__ = ["MITIGATIONS", "PairwiseNormalized", "Plain", "TokenMask", "make_method",
-           "mask_report", "masked_logps", "pair_lengths", "normalized_coefficients"]
+__all__ = ["MITIGATIONS", "Mitigation", "PairwiseNormalized", "Plain", "TokenMask", "UpdateRule",
+           "make_method", "mask_report", "masked_logps", "pair_lengths",
+           "normalized_coefficients"]

@@ -10,8 +10,9 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
-from entangle_jax.config import DataConfig, ModelConfig, SFTConfig
+from entangle_jax.config import DataConfig, ModelConfig, SFTConfig, SuffixMode
 from entangle_jax.data.userdata import UserDataConfig
 
 
@@ -93,7 +94,7 @@ def add_sft_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--label-flip", type=float, default=d.label_flip,
                    help="fraction of training labels flipped, keeps the model uncertain "
                         f"(default {d.label_flip})")
-    g.add_argument("--suffix", choices=("varied", "fixed"), default=d.suffix,
+    g.add_argument("--suffix", choices=get_args(SuffixMode), default=d.suffix,
                    help="suffix length per training example: varied (random) or fixed (the full "
                         f"suffix, which becomes deterministic) (default {d.suffix})")
     g.add_argument("--pretrain-steps", type=nonnegative_int, default=d.pretrain_steps,

@@ -78,6 +78,10 @@ FILES = ("predict.json", "predict.md", "roc.png", "roc.pdf")
 
 
 def add_parser(subparsers) -> None:
+    from typing import get_args
+
+    from entangle_jax.dynamics import Optimizer
+
     parser = subparsers.add_parser(
         "predict", help="predict, before DPO, which pairs' chosen log-prob falls; score it",
         description="Before training: per pair, the per-pair gradient condition, cos(g_w, g_l), "
@@ -118,7 +122,7 @@ def add_parser(subparsers) -> None:
                         help="learning rate (default: the one at which the predicted first step "
                              "moves no training pair's log π_w or log π_l by more than "
                              f"{TARGET_CHANGE}/T, T the longest run's steps)")
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",
+    parser.add_argument("--optimizer", choices=get_args(Optimizer), default="adam",
                         help="(default adam)")
     parser.add_argument("--seed", type=nonnegative_int, default=0,
                         help="seed of the run's batches and of the bootstrap (default 0)")

@@ -26,6 +26,10 @@ MODEL_OPTIONS = ("label_flip", "suffix", "pretrain_steps", "layers", "width", "h
 
 
 def add_preference_options(parser: argparse.ArgumentParser) -> None:
+    from typing import get_args
+
+    from entangle_jax.dynamics import Optimizer
+    from entangle_jax.mitigations import Mitigation
     from entangle_jax.objectives import OBJECTIVES
     from entangle_jax.train.preference import PreferenceConfig
 
@@ -50,13 +54,13 @@ def add_preference_options(parser: argparse.ArgumentParser) -> None:
                         f"(default {d.train_params})")
     g.add_argument("--hparam", action="append", metavar="NAME=VALUE",
                    help="objective hyperparameter, e.g. beta=0.1 (repeatable)")
-    g.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer,
+    g.add_argument("--optimizer", choices=get_args(Optimizer), default=d.optimizer,
                    help=f"(default {d.optimizer})")
     g.add_argument("--shape", default="long",
                    help="pair shape or suffix length: single, short, long or 0..12 "
                         "(default long; with --data or a checkpoint trained on a file the "
                         "pairs are the file's, and a given --shape is noted as unused)")
-    g.add_argument("--mitigation", choices=("none", "normalized", "token_mask"),
+    g.add_argument("--mitigation", choices=get_args(Mitigation),
                    default=d.mitigation, help="pairwise normalized gradient or sparsity-"
                                               "regularized token masking (default none)")
     g.add_argument("--balanced", action="store_true",

@@ -37,15 +37,16 @@ import optax
 from tqdm.auto import tqdm
 
 from entangle_jax.checkpoint import Checkpoint
-from entangle_jax.config import (ConfigError, nonnegative_ints, positive_ints, require,
+from entangle_jax.config import (ConfigError, nonnegative_ints, one_of, positive_ints, require,
                                  to_dict)
 from entangle_jax.data.pairs import Pairs
 from entangle_jax.data.tasks import make_task_data, task_pairs
 from entangle_jax.data.records import PROBE_KINDS, DataError
-from entangle_jax.dynamics import (OPTIMIZERS, case_fractions, coefficient_surrogate,
+from entangle_jax.dynamics import (Optimizer, case_fractions, coefficient_surrogate,
                                    make_optimizer, pair_logprobs, response_logprobs, step_check)
 from entangle_jax.guards import check_finite, finite_flags
-from entangle_jax.mitigations import MITIGATIONS, TokenMask, make_method, pair_lengths
+from entangle_jax.mitigations import (Mitigation, TokenMask, UpdateRule, make_method,
+                                      pair_lengths)
 from entangle_jax.train.subsets import AllParams, parse_subset
 from entangle_jax.objectives import get_objective
 from entangle_jax.sharding import replicate, shard_batch
@@ -63,11 +64,11 @@ class PreferenceConfig:
 
     objective: str = "dpo"
     hparams: Any = ()
-    mitigation: str = "none"
+    mitigation: Mitigation = "none"
     balanced: bool = False
     mask_l1: float = TokenMask.l1
     mask_learning_rate: float = TokenMask.mask_learning_rate
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     learning_rate: float = 1e-4
     steps: int = 100
     batch_size: int = 32
@@ -82,9 +83,8 @@ class PreferenceConfig:
         hparams = self.hparams.items() if isinstance(self.hparams, Mapping) else self.hparams
         object.__setattr__(self, "hparams", tuple(sorted((str(k), v) for k, v in hparams)))
         self.make_objective()  # an unknown objective or bad hyperparameter fails here
-        require(self, "mitigation", self.mitigation in MITIGATIONS,
-                f"one of {', '.join(MITIGATIONS)}")
-        require(self, "optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
+        one_of(self, "mitigation", Mitigation)
+        one_of(self, "optimizer", Optimizer)
         for field in ("learning_rate", "mask_learning_rate"):
             value = getattr(self, field)
             require(self, field, isinstance(value, (int, float)) and math.isfinite(value)
@@ -106,7 +106,7 @@ class PreferenceConfig:
     def make_objective(self):
         return get_objective(self.objective, **dict(self.hparams))
 
-    def make_method(self):
+    def make_method(self) -> UpdateRule:
         return make_method(self.make_objective(), self.mitigation, balanced=self.balanced,
                            mask_l1=self.mask_l1, mask_learning_rate=self.mask_learning_rate)
 
