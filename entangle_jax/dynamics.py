@@ -1,19 +1,11 @@
-"""The gradient condition: how one update moves log π_w and log π_l, predicted and measured.
+"""How updates move log π_w and log π_l: the real steps against the first-order prediction.
 
-For one pair and a gradient-descent step of size η on its loss, ``θ' = θ + η u`` with
-``u = d_w g_w − d_l g_l`` (docs/design.md §1.2), and to first order
-
-    Δlog π_w ≈ η ⟨g_w, u⟩ = η (d_w ‖g_w‖² − d_l ⟨g_w, g_l⟩)
-    Δlog π_l ≈ η ⟨g_l, u⟩ = η (d_w ⟨g_w, g_l⟩ − d_l ‖g_l‖²)
-
-The case of a pair is the sign pattern (1: w↑ l↓, 2: both ↓, 3: both ↑, 4: w↓ l↑; 0: a change is
-exactly 0). With ``d_w, d_l > 0``, log π_w rises iff ``⟨g_w, g_l⟩ < (d_w/d_l)‖g_w‖²`` and log π_l
-falls iff ``⟨g_w, g_l⟩ < (d_l/d_w)‖g_l‖²``; case 4 would need ``⟨g_w, g_l⟩² > ‖g_w‖²‖g_l‖²``.
-
-Updates are given in token-coefficient form, ``u = Σ_i c_w,i g_w^i − c_l,i g_l^i`` over the
-per-token gradients of each response: a plain objective has ``c = d`` on every token, the
-pairwise-normalized update ``c = d/‖g‖``, a token mask ``c_i = d m_i``. One compiled function
-therefore serves every objective and mitigation.
+The closed-form condition is ``condition``. Updates are given in token-coefficient form,
+``u = Σ_i c_w,i g_w^i − c_l,i g_l^i`` over the per-token gradients of each response: a plain
+objective has ``c = d`` on every token, the pairwise-normalized update ``c = d/‖g‖``, a token mask
+``c_i = d m_i``. One compiled function therefore serves every objective and mitigation.
+``step_check`` takes one real step per pair and measures it against the first-order rates
+``⟨g, u⟩``.
 
 Beyond one pair, the first-order change of any log-prob f under an arbitrary parameter update u is
 ``⟨∇f, u⟩`` (a Jacobian-vector product): ``update_changes``. ``batch_update_check`` compares it, the
@@ -23,9 +15,7 @@ with all cross-pair terms; Adam: a preconditioned, sign-like update the formula 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Literal
 from functools import partial
 
 import jax
@@ -35,98 +25,16 @@ import optax
 from flax import nnx, struct
 
 from entangle_jax import memory
+from entangle_jax.chunking import map_chunks
+from entangle_jax.condition import case_fractions, case_of, gradient_condition, GradientCondition
 from entangle_jax.config import ConfigError
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.gradients import pair_geometry
-from entangle_jax.logprob import batch_sequence_logprobs, sequence_logprob, token_logprobs
+from entangle_jax.logprob import (batch_sequence_logprobs, pair_token_logprobs, sequence_logprob,
+                                  sequence_logps, token_logprobs)
 from entangle_jax.models import in_precision
 from entangle_jax.objectives import Objective
-
-#: The optimizers a preference step can use (``OPTIMIZERS``' keys).
-Optimizer = Literal["sgd", "adam"]
-#: ``Optimizer`` → the optax constructor of the learning rate.
-OPTIMIZERS: dict[Optimizer, Callable[[float], optax.GradientTransformation]] = {
-    "sgd": optax.sgd,
-    "adam": optax.adam,
-}
-
-CASES = (1, 2, 3, 4)
-
-
-def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
-    """``optax.sgd`` or ``optax.adam`` of ``learning_rate``; a bad value raises ConfigError.
-
-    The rate lives in the optimizer's state (``optax.inject_hyperparams``), not in its code: a
-    jitted step that builds the transformation with any rate and applies it to a state from
-    ``init`` uses the state's rate, so runs at different rates share one compilation."""
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"optimizer={name!r} is invalid: one of {', '.join(OPTIMIZERS)}")
-    if not learning_rate > 0:
-        raise ConfigError(f"learning_rate={learning_rate!r} is invalid: must be > 0")
-    return optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=learning_rate)
-
-
-# ------------------------------------------------------------------------------------------
-# The per-pair condition (closed form)
-# ------------------------------------------------------------------------------------------
-
-def case_of(delta_w, delta_l) -> np.ndarray:
-    """Case 1 (w↑ l↓), 2 (both ↓), 3 (both ↑), 4 (w↓ l↑), or 0 where a change is exactly 0."""
-    delta_w, delta_l = np.asarray(delta_w), np.asarray(delta_l)
-    case = np.select([(delta_w > 0) & (delta_l < 0), (delta_w < 0) & (delta_l < 0),
-                      (delta_w > 0) & (delta_l > 0), (delta_w < 0) & (delta_l > 0)], CASES, 0)
-    return case.astype(np.int32)
-
-
-def case_fractions(case) -> dict[str, float]:
-    """``{"case_1": …, …, "case_4": …}`` (plus ``case_0`` when a change was exactly 0)."""
-    case = np.asarray(case)
-    out = {f"case_{k}": float(np.mean(case == k)) for k in CASES}
-    if np.any(case == 0):
-        out["case_0"] = float(np.mean(case == 0))
-    return out
-
-
-@struct.dataclass
-class GradientCondition:
-    """The gradient condition of docs/design.md §1.2 for each pair ``[B]``.
-
-    ``delta_w``/``delta_l`` are the first-order changes for the step size ``lr``. The thresholds
-    ``threshold_w = (d_w/d_l)‖g_w‖²`` and ``threshold_l = (d_l/d_w)‖g_l‖²`` and the margins
-    ``margin_{w,l} = threshold − ⟨g_w, g_l⟩`` are meaningful for ``d_w, d_l > 0``: log π_w rises iff
-    ``margin_w > 0``, log π_l falls iff ``margin_l > 0`` (±inf where a d is 0)."""
-
-    delta_w: np.ndarray
-    delta_l: np.ndarray
-    case: np.ndarray
-    threshold_w: np.ndarray
-    threshold_l: np.ndarray
-    margin_w: np.ndarray
-    margin_l: np.ndarray
-
-
-def gradient_condition(d_w, d_l, sq_norm_w, sq_norm_l, inner, lr: float = 1.0) -> GradientCondition:
-    """Predicted changes, case and threshold margins from the weights and the pair geometry."""
-    d_w, d_l, sq_w, sq_l, inner = (np.asarray(x, np.float64)
-                                   for x in (d_w, d_l, sq_norm_w, sq_norm_l, inner))
-    delta_w = lr * (d_w * sq_w - d_l * inner)
-    delta_l = lr * (d_w * inner - d_l * sq_l)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        threshold_w = np.where(d_l == 0, np.inf, d_w / d_l * sq_w)
-        threshold_l = np.where(d_w == 0, np.inf, d_l / d_w * sq_l)
-    return GradientCondition(delta_w, delta_l, case_of(delta_w, delta_l), threshold_w,
-                             threshold_l, threshold_w - inner, threshold_l - inner)
-
-
-# ------------------------------------------------------------------------------------------
-# One real step per pair, against the first-order prediction
-# ------------------------------------------------------------------------------------------
-
-@partial(jax.jit, static_argnums=0)
-def pair_token_logprobs(graphdef, params, pairs: Pairs):
-    """``([B, W], [B, W])`` per-token log-probs of the chosen and rejected responses."""
-    one = jax.vmap(partial(token_logprobs, graphdef, params))
-    return one(pairs.chosen), one(pairs.rejected)
+from entangle_jax.optimizers import make_optimizer
 
 
 def coefficient_surrogate(graphdef, params, pairs: Pairs, coef_w, coef_l):
@@ -141,37 +49,6 @@ def coefficient_update(graphdef, params, pairs: Pairs, coef_w, coef_l):
     gradient of ``coefficient_surrogate``. For ``c = d`` it is minus the gradient of the batch's
     mean objective loss. Traceable."""
     return jax.grad(coefficient_surrogate, argnums=1)(graphdef, params, pairs, coef_w, coef_l)
-
-
-#: Bytes of logits a log-prob chunk may hold (a response's [window, vocab] logits and their
-#: log-softmax, per row).
-LOGITS_BUDGET = 2**30
-
-
-def _logprob_chunk(responses: Responses, vocab_size: int, cap: int = 256) -> int:
-    per_row = 3 * responses.window * vocab_size * 4
-    return int(max(1, min(cap, LOGITS_BUDGET // per_row)))
-
-
-def pair_logprobs(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None):
-    """``([B, W], [B, W])`` per-token log-probs, in chunks of ``chunk_size`` pairs (host arrays;
-    by default as many as ``LOGITS_BUDGET`` allows, up to 256)."""
-    if chunk_size is None:
-        vocab = nnx.merge(graphdef, params).config.vocab_size
-        chunk_size = max(1, _logprob_chunk(pairs.chosen, vocab) // 2)
-    return _chunked(partial(pair_token_logprobs, graphdef, params), (pairs,), len(pairs),
-                    chunk_size)
-
-
-_jit_batch_logprobs = jax.jit(batch_sequence_logprobs, static_argnums=0)
-
-
-def response_logprobs(graphdef, params, responses: Responses, *, chunk_size: int | None = None):
-    """``[N]`` sequence log-probs of a batch of responses, in chunks (host array)."""
-    if chunk_size is None:
-        chunk_size = _logprob_chunk(responses, nnx.merge(graphdef, params).config.vocab_size)
-    return _chunked(partial(_jit_batch_logprobs, graphdef, params), (responses,),
-                    int(responses.tokens.shape[0]), chunk_size)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -189,30 +66,10 @@ def _step_chunk(graphdef, params, pairs: Pairs, coef_w, coef_l, lrs):
             return f_w(p), f_l(p)
 
         at_w, at_l = jax.vmap(moved)(jnp.concatenate([jnp.zeros(1, lrs.dtype), lrs]))
-        return (at_w[0], at_l[0], _dot(g_w, g_w), _dot(g_l, g_l), _dot(g_w, g_l),
-                _dot(g_w, u), _dot(g_l, u), at_w[1:] - at_w[0], at_l[1:] - at_l[0])
+        return (at_w[0], at_l[0], optax.tree.vdot(g_w, g_w), optax.tree.vdot(g_l, g_l), optax.tree.vdot(g_w, g_l),
+                optax.tree.vdot(g_w, u), optax.tree.vdot(g_l, u), at_w[1:] - at_w[0], at_l[1:] - at_l[0])
 
     return jax.vmap(one)(pairs, coef_w, coef_l)
-
-
-def _dot(a, b):
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def _chunked(fn: Callable, batched: tuple, n: int, chunk_size: int, *rest,
-             progress: Callable | None = None):
-    """Apply ``fn(*chunk_of_batched, *rest)`` to fixed-size chunks (the last padded by repetition,
-    so one compiled function serves all) and concatenate the per-row outputs on the host."""
-    if not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ConfigError(f"chunk_size={chunk_size!r} is invalid: must be a positive integer")
-    outs = []
-    for lo in range(0, n, chunk_size):
-        idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
-        chunk = jax.tree.map(lambda x: x[idx], batched)
-        outs.append(jax.device_get(fn(*chunk, *rest)))
-        if progress is not None:
-            progress(min(lo + chunk_size, n))
-    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
 
 
 @struct.dataclass
@@ -335,19 +192,14 @@ def step_check(graphdef, params, pairs: Pairs, coef_w, coef_l, lrs: Sequence[flo
     lrs_arr = jnp.asarray(np.asarray(lrs, np.float64), dtype)
     if np.any(np.asarray(lrs) <= 0):
         raise ConfigError(f"step sizes {list(lrs)} are invalid: each must be > 0")
-    out = _chunked(partial(_step_chunk, graphdef, params), (pairs, jnp.asarray(full_w, dtype),
-                   jnp.asarray(full_l, dtype)), n, chunk_size, lrs_arr, progress=progress)
+    out = map_chunks(lambda chunk: _step_chunk(graphdef, params, *chunk, lrs_arr),
+                     (pairs, jnp.asarray(full_w, dtype), jnp.asarray(full_l, dtype)), n,
+                     chunk_size, progress=progress)
     logp_w, logp_l, sq_w, sq_l, inner, rate_w, rate_l, act_w, act_l = out
     nan = np.full(n, np.nan)
     return OneStepCheck(np.asarray(lrs, np.float64), logp_w, logp_l, sq_w, sq_l, inner, rate_w,
                         rate_l, act_w.T, act_l.T, coef_w if uniform else nan,
                         coef_l if uniform else nan)
-
-
-def sequence_logps(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None):
-    """``([B], [B])`` sequence log-probs of the chosen and rejected responses (host arrays)."""
-    tok_w, tok_l = pair_logprobs(graphdef, params, pairs, chunk_size=chunk_size)
-    return tok_w.sum(-1), tok_l.sum(-1)
 
 
 def objective_weights(objective: Objective, pairs: Pairs, logp_w, logp_l, ref_w, ref_l):
@@ -369,15 +221,6 @@ def one_step_check(graphdef, params, pairs: Pairs, objective: Objective,
     d_w, d_l = objective_weights(objective, pairs, logp_w, logp_l, ref_w, ref_l)
     return step_check(graphdef, params, pairs, d_w, d_l, lrs, chunk_size=chunk_size,
                       progress=progress)
-
-
-def auto_learning_rate(rate_w, rate_l, target_change: float = 0.05) -> float:
-    """The step size at which the median pair's larger first-order change is ``target_change``
-    (so objectives with very different d_w, d_l are compared at the same nonlinearity)."""
-    scale = float(np.median(np.maximum(np.abs(rate_w), np.abs(rate_l))))
-    if not scale > 0:
-        raise ConfigError("every first-order change is 0: no step size reaches a target change")
-    return target_change / scale
 
 
 # ------------------------------------------------------------------------------------------
@@ -406,9 +249,9 @@ def update_changes(graphdef, params, responses: Responses, update, *,
         chunk_size = _sequences_per_chunk(graphdef, _full(params, subset, base), responses,
                                           copies=0, passes=2,
                                           cap=min(256, int(responses.tokens.shape[0])))
-    fn = partial(_update_changes_chunk, graphdef=graphdef, subset=subset)
-    return _chunked(lambda r, u, b: fn(params, r, u, b), (responses,),
-                    int(responses.tokens.shape[0]), chunk_size, update, base)
+    return map_chunks(lambda chunk: _update_changes_chunk(params, chunk, update, base,
+                                                          graphdef=graphdef, subset=subset),
+                      responses, int(responses.tokens.shape[0]), chunk_size)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "subset"))
@@ -521,135 +364,12 @@ def batch_update_check(graphdef, params, pairs: Pairs, objective: Objective,
                        scale * cond.delta_l)
 
 
-# ------------------------------------------------------------------------------------------
-# The one-step report of ``entangle dynamics``
-# ------------------------------------------------------------------------------------------
-
 def to_float64(model_config, params):
     """``(graphdef, params)`` of the same model in float64 (call inside ``jax.enable_x64(True)``):
     the O(η²) error of a small step then stands far above rounding, so its order can be fitted."""
     return in_precision(model_config, params, "float64")[1:]
 
 
-def report_pairs(ckpt, suffix_length: int | None, n_pairs: int, data=None) -> Pairs:
-    """The first ``n_pairs`` records of ``data`` (a ``PreferenceData``) or of the file a
-    checkpoint was trained on (``suffix_length`` None), or else the first ``n_pairs`` eval pairs
-    of a sentiment checkpoint with ``suffix_length``."""
-    if data is not None or ckpt.user_data is not None:
-        from entangle_jax.data.userdata import encode_pairs, load_from_config
-
-        data = load_from_config(ckpt.user_data) if data is None else data
-        return encode_pairs(data, ckpt.tokenizer, range(min(n_pairs, len(data.records))),
-                            ckpt.model_config.max_len).pairs
-    if ckpt.data_config is None:
-        raise ConfigError("the checkpoint records no data config; the report needs its pairs")
-    from entangle_jax.data.pairs import sentiment_pairs
-    from entangle_jax.data.sentiment import make_sentiment_data, response_window
-
-    if not 0 <= suffix_length <= ckpt.data_config.max_suffix_length:
-        raise ConfigError(f"suffix length {suffix_length} is invalid: the checkpoint's data "
-                          f"allows 0..{ckpt.data_config.max_suffix_length}")
-    data = make_sentiment_data(ckpt.data_config)
-    return sentiment_pairs(data.eval[:n_pairs], ckpt.tokenizer, suffix_length,
-                           ckpt.model_config.max_len, response_window(ckpt.data_config))
-
-
-def shape_name(suffix_length: int | None) -> str:
-    from entangle_jax.data.sentiment import SHAPES
-
-    if suffix_length is None:
-        return "data"
-    names = {v: k for k, v in SHAPES.items()}
-    return names.get(suffix_length, f"L={suffix_length}")
-
-
-def one_step_report(ckpt, objectives: Sequence[Objective], suffix_lengths: Sequence[int | None],
-                    *, n_pairs: int = 32, normalized: bool = False, target_change: float = 0.05,
-                    lr: float | None = None, halvings: int = 3, adam_lr: float = 1e-4,
-                    float64: bool = True, progress: Callable[[str], None] | None = None,
-                    data=None) -> dict:
-    """The prediction-vs-actual table of ``entangle dynamics`` (JSON-ready).
-
-    For each suffix length and objective: per-pair steps of size η·2^-k (k = 0..``halvings``; η is
-    ``lr`` or the step at which the median pair's larger predicted change is ``target_change``),
-    the predicted and measured cases, sign agreement, relative error and fitted error order; and
-    one step on all the pairs as one batch, with SGD (rate B·η, so each pair's own term is its
-    per-pair step) and with Adam (``adam_lr``), where the per-pair formula's case is compared with
-    the real one. ``normalized`` uses the pairwise normalized update ``c = d/‖g‖`` instead (no
-    batch rows). ``progress(label)`` is called after each (objective, shape)."""
-    if halvings < 0 or n_pairs <= 0:
-        raise ConfigError(f"halvings={halvings}, pairs={n_pairs} are invalid: need halvings >= 0 "
-                          "and pairs > 0")
-    rows = []
-    with jax.enable_x64(float64):
-        graphdef, params = (to_float64(ckpt.model_config, ckpt.params) if float64
-                            else (ckpt.graphdef, ckpt.params))
-        for length in suffix_lengths:
-            pairs = report_pairs(ckpt, length, n_pairs, data)
-            geo = pair_geometry(graphdef, params, pairs)
-            logp_w, logp_l = np.asarray(geo.logp_w), np.asarray(geo.logp_l)
-            for objective in objectives:
-                d_w, d_l = objective_weights(objective, pairs, logp_w, logp_l, logp_w, logp_l)
-                c_w, c_l = ((d_w / np.sqrt(geo.sq_norm_w), d_l / np.sqrt(geo.sq_norm_l))
-                            if normalized else (d_w, d_l))
-                cond = gradient_condition(c_w, c_l, geo.sq_norm_w, geo.sq_norm_l, geo.inner)
-                eta = lr if lr is not None else auto_learning_rate(cond.delta_w, cond.delta_l,
-                                                                   target_change)
-                lrs = [eta * 0.5 ** k for k in range(halvings + 1)]
-                check = step_check(graphdef, params, pairs, c_w, c_l, lrs)
-                row = {"objective": objective.name, "hparams": dict(objective.hparams),
-                       "normalized": normalized, "shape": shape_name(length),
-                       "suffix_length": length, "one_step": check.summary(0),
-                       "pairs": {"d_w": d_w.tolist(), "d_l": d_l.tolist(),
-                                 "inner": np.asarray(geo.inner).tolist(),
-                                 "sq_norm_w": np.asarray(geo.sq_norm_w).tolist(),
-                                 "sq_norm_l": np.asarray(geo.sq_norm_l).tolist(),
-                                 "predicted_w": check.predicted(0)[0].tolist(),
-                                 "predicted_l": check.predicted(0)[1].tolist(),
-                                 "actual_w": check.actual_w[0].tolist(),
-                                 "actual_l": check.actual_l[0].tolist(),
-                                 "margin_w": cond.margin_w.tolist(),
-                                 "margin_l": cond.margin_l.tolist()}}
-                if not normalized:
-                    for name, rate in (("sgd", eta * len(pairs)), ("adam", adam_lr)):
-                        batch = batch_update_check(graphdef, params, pairs, objective, name,
-                                                   rate, geometry=geo)
-                        row[f"batch_{name}"] = {**batch.summary(), "lr": rate,
-                                                "disagreeing_pairs": batch.disagreements().tolist()}
-                rows.append(row)
-                if progress is not None:
-                    progress(f"{objective.name} / {shape_name(length)}")
-    return {"model_config": dataclasses.asdict(ckpt.model_config), "pairs": n_pairs,
-            "float64": float64, "target_change": target_change, "halvings": halvings,
-            "adam_lr": adam_lr, "results": rows}
-
-
-def _fractions(fr: dict) -> str:
-    return "/".join(f"{100 * fr.get(f'case_{k}', 0.0):.0f}" for k in CASES)
-
-
-def format_report(report: dict) -> str:
-    """A Markdown table of ``one_step_report``: case fractions in % (cases 1/2/3/4)."""
-    lines = ["| objective | shape | η | predicted % 1/2/3/4 | actual % 1/2/3/4 | sign agree w/l "
-             "| median rel. err | error order | batch SGD disagree | Adam disagree |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in report["results"]:
-        s = row["one_step"]
-        name = row["objective"] + (" (normalized)" if row["normalized"] else "")
-        sgd = row.get("batch_sgd", {}).get("formula_vs_actual_disagree")
-        adam = row.get("batch_adam", {}).get("formula_vs_actual_disagree")
-        pct = lambda v: "–" if v is None else f"{100 * v:.0f}%"  # noqa: E731
-        lines.append(f"| {name} | {row['shape']} | {s['lr']:.2e} | {_fractions(s['predicted'])} "
-                     f"| {_fractions(s['actual'])} | {s['sign_agreement_w']:.2f}/"
-                     f"{s['sign_agreement_l']:.2f} | {s['median_relative_error']:.1e} "
-                     f"| {s['error_order']:.2f} | {pct(sgd)} | {pct(adam)} |")
-    return "\n".join(lines) + "\n"
-
-
-__all__ = ["CASES", "GradientCondition", "OPTIMIZERS", "OneStepCheck", "UpdateCheck",
-           "auto_learning_rate", "batch_update_check", "batch_coefficient_update",
-           "case_fractions", "case_of", "coefficient_surrogate", "coefficient_update",
-           "gradient_condition", "make_optimizer", "objective_weights", "one_step_check",
-           "pair_logprobs", "pair_token_logprobs", "response_logprobs", "sequence_logps",
-           "step_check", "update_changes", "format_report", "one_step_report", "report_pairs",
-           "shape_name", "to_float64"]
+__all__ = ["OneStepCheck", "UpdateCheck", "batch_coefficient_update", "batch_update_check",
+           "coefficient_surrogate", "coefficient_update", "objective_weights", "one_step_check",
+           "step_check", "to_float64", "update_changes"]

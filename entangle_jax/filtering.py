@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from entangle_jax.data.pairs import Pairs
-from entangle_jax.dynamics import response_logprobs, sequence_logps
+from entangle_jax.logprob import response_logprobs, sequence_logps
 from entangle_jax.train.preference import PreferenceConfig, train_preference
 
 

@@ -38,6 +38,7 @@ import optax
 from flax import nnx, struct
 
 from entangle_jax import ghost, memory
+from entangle_jax.chunking import check_chunk_size, map_chunks
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.logprob import sequence_logprob, token_logprobs
 from entangle_jax.pytrees import leaf_keys, leaf_vdots
@@ -72,11 +73,6 @@ def _leaf_gram(a, b):
     return sum(ghost.row_gram(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def _check_chunk_size(chunk_size: int) -> None:
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size={chunk_size} is invalid: must be a positive integer")
-
-
 def chunk_for_budget(graphdef, params, seq: Responses, implementation: str, *, per_token: bool,
                      cap: int, budget: float | None = None) -> int:
     """The most pairs (at most ``cap``, at least 1) whose working memory fits ``budget`` bytes
@@ -96,31 +92,9 @@ def chunk_for_budget(graphdef, params, seq: Responses, implementation: str, *, p
 def _on_mesh(params, chunk_size: int, mesh):
     """Parameters replicated over ``mesh`` and the chunk size rounded up to a multiple of its
     devices (unchanged without a mesh)."""
-    _check_chunk_size(chunk_size)
+    check_chunk_size(chunk_size)
     return (params, chunk_size) if mesh is None else (replicate(params, mesh),
                                                       padded_size(chunk_size, mesh))
-
-
-def _take(batch, idx: np.ndarray):
-    """``batch[idx]``, or ``batch`` itself when ``idx`` is all of it in order (indexing a pytree
-    of device arrays costs a dispatch per leaf)."""
-    rows = jax.tree.leaves(batch)[0].shape[0]
-    return batch if np.array_equal(idx, np.arange(rows)) else batch[idx]
-
-
-def _chunked(fn: Callable, pairs: Pairs, chunk_size: int, progress: Callable | None, mesh=None):
-    """Apply ``fn`` to fixed-size chunks of ``pairs`` (the last padded by repetition; each chunk
-    sharded over ``mesh`` when given) and concatenate its per-pair outputs on the host."""
-    _check_chunk_size(chunk_size)
-    n = len(pairs)
-    outs = []
-    for lo in range(0, n, chunk_size):
-        chunk = _take(pairs, np.minimum(np.arange(lo, lo + chunk_size), n - 1))
-        chunk = chunk if mesh is None else shard_batch(chunk, mesh)
-        outs.append(jax.device_get(fn(chunk)))
-        if progress is not None:
-            progress(min(lo + chunk_size, n))
-    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
 
 
 @struct.dataclass
@@ -208,7 +182,8 @@ def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int | None = No
         plan = _plan(graphdef, params, implementation, pairs.chosen, per_token=False,
                      n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
         fn = lambda chunk: _structured_pair_geometry_chunk(graphdef, params, chunk, plan)  # noqa: E731
-    logp_w, logp_l, sq_w, sq_l, leaf_inner = _chunked(fn, pairs, chunk_size, progress, mesh)
+    logp_w, logp_l, sq_w, sq_l, leaf_inner = map_chunks(fn, pairs, len(pairs), chunk_size,
+                                                        progress=progress, mesh=mesh)
     return PairGeometry(logp_w, logp_l, sq_w, sq_l, leaf_inner.sum(-1), leaf_inner,
                         tuple(leaf_groups(params)))
 
@@ -262,7 +237,8 @@ def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None
         plan = _plan(graphdef, params, implementation, pairs.chosen, per_token=True,
                      n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
         fn = lambda chunk: _structured_token_grams_chunk(graphdef, params, chunk, plan)  # noqa: E731
-    return TokenGrams(*_chunked(fn, pairs, chunk_size, progress, mesh))
+    return TokenGrams(*map_chunks(fn, pairs, len(pairs), chunk_size, progress=progress,
+                                  mesh=mesh))
 
 
 def pairs_as_responses(pairs: Pairs) -> Responses:
@@ -424,4 +400,4 @@ def output_layer_check(graphdef, params, pairs: Pairs, *, chunk_size: int = 64) 
 
     since ``∇_W log p_k = (e_k − p) hᵀ`` and ``(e_w − p)ᵀ(e_l − p) = Σ p² − p_w − p_l`` for ``w ≠ l``."""
     fn = partial(_output_layer_chunk, graphdef, params)
-    return OutputLayerCheck(*_chunked(fn, pairs, chunk_size, None))
+    return OutputLayerCheck(*map_chunks(fn, pairs, len(pairs), chunk_size))

@@ -6,16 +6,20 @@ For one sequence ``<bos> x y <pad>…`` with response tokens ``y_1..y_n`` at ind
     log π_θ(y | x) = Σ_t log π_θ(y_t | x, y_<t)
 
 The sum runs over the response tokens only (no end-of-sequence token). Each function takes
-``(graphdef, params, …)`` for one sequence; ``jax.vmap`` batches it.
+``(graphdef, params, …)`` for one sequence; ``jax.vmap`` batches it. ``pair_logprobs``,
+``sequence_logps`` and ``response_logprobs`` evaluate whole batches in chunks, on the host.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from entangle_jax.data.pairs import Responses
+from entangle_jax.chunking import map_chunks
+from entangle_jax.data.pairs import Pairs, Responses
 
 
 def logits(graphdef, params, tokens, positions=None):
@@ -75,3 +79,47 @@ def response_nll(graphdef, params, batch: Responses):
     not a target): the fine-tuning objective of a pretrained chat model."""
     tok = jax.vmap(lambda s: token_logprobs(graphdef, params, s))(batch)
     return -tok.sum() / batch.length.sum()
+
+
+@partial(jax.jit, static_argnums=0)
+def pair_token_logprobs(graphdef, params, pairs: Pairs):
+    """``([B, W], [B, W])`` per-token log-probs of the chosen and rejected responses."""
+    one = jax.vmap(partial(token_logprobs, graphdef, params))
+    return one(pairs.chosen), one(pairs.rejected)
+
+
+#: Bytes of logits a log-prob chunk may hold (a response's [window, vocab] logits and their
+#: log-softmax, per row).
+LOGITS_BUDGET = 2**30
+
+
+def _logprob_chunk(responses: Responses, vocab_size: int, cap: int = 256) -> int:
+    per_row = 3 * responses.window * vocab_size * 4
+    return int(max(1, min(cap, LOGITS_BUDGET // per_row)))
+
+
+def pair_logprobs(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None):
+    """``([B, W], [B, W])`` per-token log-probs, in chunks of ``chunk_size`` pairs (host arrays;
+    by default as many as ``LOGITS_BUDGET`` allows, up to 256)."""
+    if chunk_size is None:
+        vocab = nnx.merge(graphdef, params).config.vocab_size
+        chunk_size = max(1, _logprob_chunk(pairs.chosen, vocab) // 2)
+    return map_chunks(partial(pair_token_logprobs, graphdef, params), pairs, len(pairs),
+                      chunk_size)
+
+
+_jit_batch_logprobs = jax.jit(batch_sequence_logprobs, static_argnums=0)
+
+
+def response_logprobs(graphdef, params, responses: Responses, *, chunk_size: int | None = None):
+    """``[N]`` sequence log-probs of a batch of responses, in chunks (host array)."""
+    if chunk_size is None:
+        chunk_size = _logprob_chunk(responses, nnx.merge(graphdef, params).config.vocab_size)
+    return map_chunks(partial(_jit_batch_logprobs, graphdef, params), responses,
+                      int(responses.tokens.shape[0]), chunk_size)
+
+
+def sequence_logps(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None):
+    """``([B], [B])`` sequence log-probs of the chosen and rejected responses (host arrays)."""
+    tok_w, tok_l = pair_logprobs(graphdef, params, pairs, chunk_size=chunk_size)
+    return tok_w.sum(-1), tok_l.sum(-1)

@@ -38,9 +38,8 @@ import numpy as np
 
 from entangle_jax.config import ConfigError
 from entangle_jax.data.pairs import Pairs
-from entangle_jax.dynamics import pair_token_logprobs
 from entangle_jax.gradients import token_grams
-from entangle_jax.logprob import sequence_logprob
+from entangle_jax.logprob import pair_token_logprobs, sequence_logprob
 from entangle_jax.objectives import Objective
 
 #: The update rules a preference run can train with (``make_method``).

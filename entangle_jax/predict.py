@@ -31,8 +31,9 @@ import numpy as np
 
 from entangle_jax.config import ConfigError
 from entangle_jax.data.pairs import Pairs, Responses
-from entangle_jax.dynamics import (batch_coefficient_update, make_optimizer, objective_weights,
-                                   sequence_logps, update_changes)
+from entangle_jax.dynamics import batch_coefficient_update, objective_weights, update_changes
+from entangle_jax.logprob import sequence_logps
+from entangle_jax.optimizers import make_optimizer
 from entangle_jax.train.preference import PreferenceConfig, draw_batches
 
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from entangle_jax.checkpoint import save_checkpoint
 from entangle_jax.cli import main
-from entangle_jax.dynamics import (auto_learning_rate, batch_update_check, case_of,
-                                   gradient_condition, one_step_check, step_check, to_float64,
+from entangle_jax.condition import auto_learning_rate, case_of, gradient_condition
+from entangle_jax.dynamics import (batch_update_check, one_step_check, step_check, to_float64,
                                    update_changes)
 from entangle_jax.gradients import pair_geometry, token_grams
 from entangle_jax.logprob import sequence_logprob

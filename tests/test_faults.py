@@ -349,7 +349,7 @@ def test_dynamics_refuses_a_step_whose_change_is_not_finite(sentiment_ckpt, tmp_
 def test_the_finite_check_catches_a_real_nan_report(tiny_ckpt):
     from entangle_jax.cli import UsageError, build_parser
     from entangle_jax.cli.dynamics import check_steps_finite
-    from entangle_jax.dynamics import one_step_report
+    from entangle_jax.dynamics_report import one_step_report
     from entangle_jax.objectives import get_objective
 
     report = one_step_report(tiny_ckpt, [get_objective("dpo")], [0], n_pairs=2, lr=1e30,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from entangle_jax.data.tasks import make_task_data
-from entangle_jax.dynamics import sequence_logps
+from entangle_jax.logprob import sequence_logps
 from entangle_jax.filtering import filtering_experiment, random_removal, top_risk
 from entangle_jax.train import PreferenceConfig, train_preference
 from entangle_jax.train.preference import preference_pairs

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entangle_jax.dynamics import (case_of, coefficient_update, gradient_condition,
-                                   pair_token_logprobs, step_check, to_float64)
+from entangle_jax.condition import case_of, gradient_condition
+from entangle_jax.dynamics import coefficient_update, step_check, to_float64
 from entangle_jax.gradients import pair_geometry, token_grams
-from entangle_jax.logprob import batch_sequence_logprobs
+from entangle_jax.logprob import batch_sequence_logprobs, pair_token_logprobs
 from entangle_jax.mitigations import (PairwiseNormalized, Plain, TokenMask, make_method,
                                       mask_report, normalized_coefficients, pair_lengths)
 from entangle_jax.objectives import get_objective

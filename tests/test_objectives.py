@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from entangle_jax.config import ConfigError
-from entangle_jax.dynamics import gradient_condition
+from entangle_jax.condition import gradient_condition
 from entangle_jax.objectives import (OBJECTIVES, Objective, get_objective, known_names,
                                      pair_weights, parse_hparams)
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from entangle_jax.config import ConfigError
-from entangle_jax.dynamics import sequence_logps
-from entangle_jax.logprob import batch_sequence_logprobs
+from entangle_jax.logprob import batch_sequence_logprobs, sequence_logps
 from entangle_jax.mitigations import pair_lengths
 from entangle_jax.objectives import get_objective
 from entangle_jax.predict import (own_term_signs, planned_update, predicted_changes,

@@ -143,7 +143,7 @@ def run(args) -> int:
     from entangle_jax.cli import UsageError
     from entangle_jax.config import DataConfig, ModelConfig, SFTConfig
     from entangle_jax.data.sentiment import parse_suffix_lengths
-    from entangle_jax.dynamics import format_report, one_step_report
+    from entangle_jax.dynamics_report import format_report, one_step_report
     from entangle_jax.io import atomic_write_json, atomic_write_text
     from entangle_jax.train.sft import cached_sft
 

@@ -80,7 +80,7 @@ FILES = ("predict.json", "predict.md", "roc.png", "roc.pdf")
 def add_parser(subparsers) -> None:
     from typing import get_args
 
-    from entangle_jax.dynamics import Optimizer
+    from entangle_jax.optimizers import Optimizer
 
     parser = subparsers.add_parser(
         "predict", help="predict, before DPO, which pairs' chosen log-prob falls; score it",
@@ -214,7 +214,7 @@ def _static_predictors(ckpt, pairs, d_w, d_l, implementation, timer) -> dict:
     import numpy as np
 
     from entangle_jax.ches import pair_ches, pair_edit_distances
-    from entangle_jax.dynamics import gradient_condition
+    from entangle_jax.condition import gradient_condition
     from entangle_jax.gradients import pair_geometry
 
     with timer("gradient_condition"):
@@ -262,7 +262,7 @@ def _real_changes(ckpt, config, source, pairs_by_set, probes, horizons,
                   timer) -> tuple[dict, dict]:
     """``({T: {set: Δlog π_w}}, {T: {probe field: Δlog π}})`` after a real run of T steps from
     the start (each a separate run of ``train_preference``, the same seed)."""
-    from entangle_jax.dynamics import response_logprobs, sequence_logps
+    from entangle_jax.logprob import response_logprobs, sequence_logps
     from entangle_jax.train.preference import train_preference
 
     def logps(params):
@@ -494,7 +494,8 @@ def run(args) -> int:
     from entangle_jax.cli import UsageError
     from entangle_jax.config import DataConfig, ModelConfig, SFTConfig, to_dict
     from entangle_jax.data.sentiment import parse_suffix_lengths
-    from entangle_jax.dynamics import objective_weights, sequence_logps
+    from entangle_jax.dynamics import objective_weights
+    from entangle_jax.logprob import sequence_logps
     from entangle_jax.io import atomic_write_json, atomic_write_text
     from entangle_jax.predict import draw_batches, run_start
     from entangle_jax.scoring import roc_curve

@@ -28,7 +28,7 @@ MODEL_OPTIONS = ("label_flip", "suffix", "pretrain_steps", "layers", "width", "h
 def add_preference_options(parser: argparse.ArgumentParser) -> None:
     from typing import get_args
 
-    from entangle_jax.dynamics import Optimizer
+    from entangle_jax.optimizers import Optimizer
     from entangle_jax.mitigations import Mitigation
     from entangle_jax.objectives import OBJECTIVES
     from entangle_jax.train.preference import PreferenceConfig

@@ -37,19 +37,21 @@ import optax
 from tqdm.auto import tqdm
 
 from entangle_jax.checkpoint import Checkpoint
+from entangle_jax.condition import case_fractions
 from entangle_jax.config import (ConfigError, nonnegative_ints, one_of, positive_ints, require,
                                  to_dict)
 from entangle_jax.data.pairs import Pairs
-from entangle_jax.data.tasks import make_task_data, task_pairs
 from entangle_jax.data.records import PROBE_KINDS, DataError
-from entangle_jax.dynamics import (Optimizer, case_fractions, coefficient_surrogate,
-                                   make_optimizer, pair_logprobs, response_logprobs, step_check)
+from entangle_jax.data.tasks import make_task_data, task_pairs
+from entangle_jax.dynamics import coefficient_surrogate, step_check
 from entangle_jax.guards import check_finite, finite_flags
+from entangle_jax.logprob import pair_logprobs, response_logprobs
 from entangle_jax.mitigations import (Mitigation, TokenMask, UpdateRule, make_method,
                                       pair_lengths)
-from entangle_jax.train.subsets import AllParams, parse_subset
 from entangle_jax.objectives import get_objective
+from entangle_jax.optimizers import Optimizer, make_optimizer
 from entangle_jax.sharding import replicate, shard_batch
+from entangle_jax.train.subsets import AllParams, parse_subset
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import numpy as np
 from matplotlib.patches import Polygon, Rectangle
 
 from entangle_jax.data.sentiment import SHAPES
-from entangle_jax.dynamics import gradient_condition, objective_weights
+from entangle_jax.condition import gradient_condition
+from entangle_jax.dynamics import objective_weights
 from entangle_jax.figures import sources, style
 from entangle_jax.gradients import pair_geometry
 from entangle_jax.train.preference import PreferenceConfig, preference_pairs

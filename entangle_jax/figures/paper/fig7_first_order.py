@@ -4,7 +4,7 @@ For each eval pair alone, one real gradient-descent step on its DPO loss (step s
 first-order prediction ``Δlog π_w ≈ η (d_w‖g_w‖² − d_l⟨g_w,g_l⟩)``, ``Δlog π_l ≈ η (d_w⟨g_w,g_l⟩ −
 d_l‖g_l‖²)``: predicted against actual at the largest η (points on the identity line when the
 formula holds), and the mean |actual − predicted| against η on log–log axes, whose fitted slope is
-2 for an O(η²) error. The numbers are ``entangle dynamics``'s (``dynamics.one_step_report``,
+2 for an O(η²) error. The numbers are ``entangle dynamics``'s (``dynamics_report.one_step_report``,
 float64); η starts where the median pair's larger predicted change is 0.05 nats and halves.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from entangle_jax.data.sentiment import SHAPES
-from entangle_jax.dynamics import one_step_report
+from entangle_jax.dynamics_report import one_step_report
 from entangle_jax.figures import sources, style
 from entangle_jax.objectives import get_objective
 from entangle_jax.verify.regimes import VerifySettings

@@ -32,7 +32,7 @@ import dataclasses
 
 import numpy as np
 
-from entangle_jax.dynamics import sequence_logps
+from entangle_jax.logprob import sequence_logps
 from entangle_jax.predict import (own_term_signs, planned_update, predicted_changes,
                                   run_start)
 from entangle_jax.train.preference import (PreferenceConfig, draw_batches, preference_pairs,

@@ -7,7 +7,7 @@ pair alone, ``u = d_w g_w − d_l g_l`` (π_ref = the model itself, so d_w = d_l
     Δlog π_w ≈ η (d_w‖g_w‖² − d_l⟨g_w,g_l⟩),   Δlog π_l ≈ η (d_w⟨g_w,g_l⟩ − d_l‖g_l‖²).
 
 ``dynamics.one_step_check`` takes real steps of η, η/2, η/4, η/8, with η set so that the median
-pair's larger predicted change is 0.05 (``dynamics.auto_learning_rate``). Checks, all of which must
+pair's larger predicted change is 0.05 (``condition.auto_learning_rate``). Checks, all of which must
 pass (rules fixed here):
 
 1. the real step's case (sign pattern) equals the predicted case: fraction of pairs, CI lower
@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from entangle_jax.dynamics import (auto_learning_rate, gradient_condition,
-                                   one_step_check, step_check)
+from entangle_jax.condition import auto_learning_rate, gradient_condition
+from entangle_jax.dynamics import one_step_check, step_check
 from entangle_jax.objectives import get_objective
 from entangle_jax.verify import stats
 from entangle_jax.verify.claims.base import Claim, check, column

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from entangle_jax.dynamics import auto_learning_rate, gradient_condition, step_check
+from entangle_jax.condition import auto_learning_rate, gradient_condition
+from entangle_jax.dynamics import step_check
 from entangle_jax.mitigations import normalized_coefficients
 from entangle_jax.verify import stats
 from entangle_jax.verify.claims.base import Claim, check, column

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from entangle_jax.dynamics import gradient_condition
+from entangle_jax.condition import gradient_condition
 from entangle_jax.objectives import get_objective
 from entangle_jax.verify import stats
 from entangle_jax.verify.claims.base import Claim, check, column, median

@@ -1,0 +1,44 @@
+"""Fixed-size chunks of a batch: one helper for every function that runs a jitted computation
+over more rows than fit at once.
+
+The last chunk is padded by repeating the last row, so one compiled function serves every chunk;
+the padded rows' outputs are dropped. A chunk that is the whole batch in order is passed as it is
+(indexing a pytree of device arrays costs a dispatch per leaf).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from entangle_jax.config import ConfigError
+from entangle_jax.sharding import shard_batch
+
+
+def check_chunk_size(chunk_size) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ConfigError(f"chunk_size={chunk_size!r} is invalid: must be a positive integer")
+
+
+def _take(batch, idx: np.ndarray, rows: int):
+    return batch if np.array_equal(idx, np.arange(rows)) else jax.tree.map(lambda x: x[idx], batch)
+
+
+def map_chunks(fn: Callable, batch, n: int, chunk_size: int, *,
+               progress: Callable[[int], None] | None = None, mesh=None):
+    """``fn(chunk)`` over chunks of ``chunk_size`` rows of the pytree ``batch`` (``n`` rows; each
+    chunk sharded over ``mesh`` when given), its per-row outputs concatenated on the host.
+    ``progress(rows done)`` is called after each chunk."""
+    check_chunk_size(chunk_size)
+    outs = []
+    for lo in range(0, n, chunk_size):
+        chunk = _take(batch, np.minimum(np.arange(lo, lo + chunk_size), n - 1), n)
+        outs.append(jax.device_get(fn(chunk if mesh is None else shard_batch(chunk, mesh))))
+        if progress is not None:
+            progress(min(lo + chunk_size, n))
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
+
+
+__all__ = ["check_chunk_size", "map_chunks"]
