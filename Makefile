@@ -32,7 +32,7 @@ verify-real: $(STAMP)
 
 # entangle predict on real pairs with Ren & Sutherland's probe responses: a tiny word model
 # fine-tuned on the learning-dynamics file, then the predictors, the probes and the filtering
-# experiment (runs/predict-probes; about 4 min on 2 cores). predict-real does the same from
+# experiment (runs/predict-probes; about 5 min on 2 cores). predict-real does the same from
 # SmolLM2-135M-Instruct as shipped, on fewer pairs (runs/predict-real; time in the README).
 LD_TRAIN := data/learning-dynamics-helpful-base/formal_prob_train.jsonl.gz
 LD_BUDGETS := --skip-bad-lines --max-prompt-tokens 48 --max-response-tokens 40

@@ -9,7 +9,8 @@ and with per-token gradients ``g_w^i = ∇_θ log π_θ(y_w,i | x, y_w,<i)`` the
     cross[i, j] = ⟨g_w^i, g_l^j⟩,  chosen[i, j] = ⟨g_w^i, g_w^j⟩,  rejected[i, j] = ⟨g_l^i, g_l^j⟩,
 
 so that ``Σ_ij cross[i, j] = inner``, and the sequence-level Gram ``K[a, b] = ⟨g_a, g_b⟩`` over all
-responses of a batch. Each takes ``implementation=`` (as neural-tangents' ``empirical_ntk_fn``):
+responses of a batch. Each takes ``implementation=``, a ``Strategy`` or its name (as
+neural-tangents' ``empirical_ntk_fn`` takes an ``NtkImplementation``):
 
 - ``"materialize"``: per-example gradients from ``jax.vmap`` of ``jax.grad`` (``jax.jacrev`` per
   token), contracted leaf by leaf, never concatenated into one flat vector — the reference;
@@ -26,6 +27,7 @@ bounded by the chunk and one compiled function serves every chunk and every suff
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,8 +46,16 @@ from entangle_jax.logprob import sequence_logprob, token_logprobs
 from entangle_jax.pytrees import leaf_keys, leaf_vdots
 from entangle_jax.sharding import padded_size, replicate, shard_batch
 
-#: The strategies every Gram function accepts as ``implementation=``.
-IMPLEMENTATIONS = ("materialize", "structured", "auto")
+class Strategy(str, enum.Enum):
+    """How a Gram function forms its inner products (module docstring)."""
+
+    MATERIALIZE = "materialize"
+    STRUCTURED = "structured"
+    AUTO = "auto"
+
+
+#: The names every Gram function accepts as ``implementation=``.
+IMPLEMENTATIONS = tuple(strategy.value for strategy in Strategy)
 
 
 def param_group(key: str) -> str:
@@ -73,14 +83,15 @@ def _leaf_gram(a, b):
     return sum(ghost.row_gram(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def chunk_for_budget(graphdef, params, seq: Responses, implementation: str, *, per_token: bool,
+def chunk_for_budget(graphdef, params, seq: Responses, implementation: Strategy | str, *,
+                     per_token: bool,
                      cap: int, budget: float | None = None) -> int:
     """The most pairs (at most ``cap``, at least 1) whose working memory fits ``budget`` bytes
     (``memory.MEMORY_BUDGET``): per pair, two responses' per-row gradients (``materialize``:
     R · P floats each) or their taps (a pair's per-row cotangents and layer inputs, which the
     streamed backward holds a stage at a time; counted whole, an upper bound)."""
     rows = seq.window if per_token else 1
-    if implementation == "materialize":
+    if as_strategy(implementation) is Strategy.MATERIALIZE:
         per_pair = 2 * rows * memory.tree_bytes(params)
     else:
         one = jax.tree.map(lambda x: x[0], seq)
@@ -121,15 +132,18 @@ class PairGeometry:
         return out
 
 
-def _check_implementation(implementation: str) -> None:
-    if implementation not in IMPLEMENTATIONS:
+def as_strategy(implementation: Strategy | str) -> Strategy:
+    """The ``Strategy`` named by ``implementation``; an unknown name raises ``ValueError``."""
+    try:
+        return Strategy(implementation)
+    except ValueError:
         raise ValueError(f"implementation={implementation!r} is invalid: one of "
-                         f"{', '.join(map(repr, IMPLEMENTATIONS))}")
+                         f"{', '.join(map(repr, IMPLEMENTATIONS))}") from None
 
 
-def _plan(graphdef, params, implementation: str, seq: Responses, *, per_token: bool,
+def _plan(graphdef, params, strategy: Strategy, seq: Responses, *, per_token: bool,
           n_sequences: int, n_blocks: int) -> tuple[str, ...]:
-    return ghost.plan_leaves(graphdef, params, implementation, seq, per_token=per_token,
+    return ghost.plan_leaves(graphdef, params, strategy.value, seq, per_token=per_token,
                              n_sequences=n_sequences, n_blocks=n_blocks)
 
 
@@ -163,7 +177,8 @@ def _structured_pair_geometry_chunk(graphdef, params, pairs: Pairs, plan):
 
 
 def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None,
-                  progress: Callable | None = None, implementation: str = "materialize",
+                  progress: Callable | None = None,
+                  implementation: Strategy | str = "materialize",
                   mesh=None) -> PairGeometry:
     """log π_w, log π_l, ‖g_w‖², ‖g_l‖², ⟨g_w, g_l⟩ (and its split by leaf) for every pair.
 
@@ -171,17 +186,12 @@ def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int | None = No
     ``materialize``, their layer inputs and output cotangents with ``structured``; by default the
     most that fit ``memory.MEMORY_BUDGET``, up to 32. With a ``mesh`` (``sharding.batch_mesh()``)
     each chunk is split over its devices."""
-    _check_implementation(implementation)
+    strategy = as_strategy(implementation)
     if chunk_size is None:
-        chunk_size = chunk_for_budget(graphdef, params, pairs.chosen, implementation,
+        chunk_size = chunk_for_budget(graphdef, params, pairs.chosen, strategy,
                                       per_token=False, cap=32)
     params, chunk_size = _on_mesh(params, chunk_size, mesh)
-    if implementation == "materialize":
-        fn = partial(_pair_geometry_chunk, graphdef, params)
-    else:
-        plan = _plan(graphdef, params, implementation, pairs.chosen, per_token=False,
-                     n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
-        fn = lambda chunk: _structured_pair_geometry_chunk(graphdef, params, chunk, plan)  # noqa: E731
+    fn = _pair_chunk_fn("pair_geometry", strategy, graphdef, params, pairs, chunk_size)
     logp_w, logp_l, sq_w, sq_l, leaf_inner = map_chunks(fn, pairs, len(pairs), chunk_size,
                                                         progress=progress, mesh=mesh)
     return PairGeometry(logp_w, logp_l, sq_w, sq_l, leaf_inner.sum(-1), leaf_inner,
@@ -219,26 +229,46 @@ def _structured_token_grams_chunk(graphdef, params, pairs: Pairs, plan):
 
 
 def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None,
-                progress: Callable | None = None, implementation: str = "materialize",
+                progress: Callable | None = None,
+                implementation: Strategy | str = "materialize",
                 mesh=None) -> TokenGrams:
     """Token-wise Gram matrices of every pair; memory is bounded by ``chunk_size`` pairs'
     per-token Jacobians (2 · chunk_size · R · P floats) with ``materialize``, by their per-token
     output cotangents (2 · chunk_size · R · T · Σ widths) with ``structured``; by default the
     most that fit ``memory.MEMORY_BUDGET``, up to 8. With a ``mesh``
     each chunk is split over its devices."""
-    _check_implementation(implementation)
+    strategy = as_strategy(implementation)
     if chunk_size is None:
-        chunk_size = chunk_for_budget(graphdef, params, pairs.chosen, implementation,
+        chunk_size = chunk_for_budget(graphdef, params, pairs.chosen, strategy,
                                       per_token=True, cap=8)
     params, chunk_size = _on_mesh(params, chunk_size, mesh)
-    if implementation == "materialize":
-        fn = partial(_token_grams_chunk, graphdef, params)
-    else:
-        plan = _plan(graphdef, params, implementation, pairs.chosen, per_token=True,
-                     n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
-        fn = lambda chunk: _structured_token_grams_chunk(graphdef, params, chunk, plan)  # noqa: E731
+    fn = _pair_chunk_fn("token_grams", strategy, graphdef, params, pairs, chunk_size)
     return TokenGrams(*map_chunks(fn, pairs, len(pairs), chunk_size, progress=progress,
                                   mesh=mesh))
+
+
+#: Per pair-level Gram function: its chunk function for each strategy (``auto`` is the
+#: structured one with a per-leaf plan) and whether it works per token.
+_PAIR_CHUNKS = {
+    "pair_geometry": ({Strategy.MATERIALIZE: _pair_geometry_chunk,
+                       Strategy.STRUCTURED: _structured_pair_geometry_chunk,
+                       Strategy.AUTO: _structured_pair_geometry_chunk}, False),
+    "token_grams": ({Strategy.MATERIALIZE: _token_grams_chunk,
+                     Strategy.STRUCTURED: _structured_token_grams_chunk,
+                     Strategy.AUTO: _structured_token_grams_chunk}, True),
+}
+
+
+def _pair_chunk_fn(name: str, strategy: Strategy, graphdef, params, pairs: Pairs,
+                   chunk_size: int) -> Callable:
+    """``chunk ↦ outputs`` of the Gram function ``name`` under ``strategy``."""
+    table, per_token = _PAIR_CHUNKS[name]
+    chunk_fn = table[strategy]
+    if strategy is Strategy.MATERIALIZE:
+        return partial(chunk_fn, graphdef, params)
+    plan = _plan(graphdef, params, strategy, pairs.chosen, per_token=per_token,
+                 n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
+    return lambda chunk: chunk_fn(graphdef, params, chunk, plan)
 
 
 def pairs_as_responses(pairs: Pairs) -> Responses:
@@ -289,7 +319,8 @@ def _block_fits(params, chunk_size: int) -> bool:
 
 
 def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int = 64,
-                  progress: Callable | None = None, implementation: str = "materialize",
+                  progress: Callable | None = None,
+                  implementation: Strategy | str = "materialize",
                   mesh=None) -> np.ndarray:
     """``[N, N]`` Gram ``K[a, b] = ⟨g_a, g_b⟩`` of the sequence log-prob gradients of every response
     (for ``Pairs``, the ``2B`` responses of ``pairs_as_responses``: the empirical NTK of the batch).
@@ -298,21 +329,21 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
     blocks' gradients (or taps) at a time; the diagonal block is computed once. With a ``mesh``
     each block is split over its devices; without one, on a CPU, into ``SIDE_BY_SIDE`` sub-blocks
     computed and contracted in threads. The result is exactly symmetric, in the parameters' dtype."""
-    _check_implementation(implementation)
+    strategy = as_strategy(implementation)
     params, chunk_size = _on_mesh(params, chunk_size, mesh)
     if isinstance(batch, Pairs):
         batch = pairs_as_responses(batch)
     # a batch smaller than one block is not padded up to it (its shape is the padded shape)
     n = int(batch.tokens.shape[0])
     chunk_size = padded_size(min(chunk_size, n), mesh)
-    if implementation == "auto" and _block_fits(params, chunk_size):
-        implementation = "materialize"
-    if implementation == "materialize":
+    if strategy is Strategy.AUTO and _block_fits(params, chunk_size):
+        strategy = Strategy.MATERIALIZE
+    if strategy is Strategy.MATERIALIZE:
         block_of = partial(_materialized_block, graphdef, params)
         cross_of = _jit_leaf_gram
     else:
         n_blocks = -(-n // chunk_size)
-        plan = _plan(graphdef, params, implementation, batch, per_token=False,
+        plan = _plan(graphdef, params, strategy, batch, per_token=False,
                      n_sequences=chunk_size * min(2, n_blocks), n_blocks=chunk_size**2)
         block_of = lambda b: _structured_block(graphdef, params, b, plan)  # noqa: E731
         terms = ghost.leaf_terms(graphdef, params)
