@@ -225,6 +225,8 @@ def test_real_plan_and_table():
     assert {c["method"] for c in big} == {"auto", "torch_func"} and all(
         c["rounds"] == 1 for c in big)
     assert not any(c["task"] == "kernel" and c["method"] == "auto" for c in quick)
+    chosen = real_suite.plan(False, peers, tasks=("load", "pair_stats"))
+    assert chosen == [c for c in full if c["task"] in ("load", "pair_stats")] and chosen
     stats = {"task": "pair_stats", "pairs": 4, "max_prompt": 128, "max_response": 64}
     rows = [{**stats, "method": "hf_loop", "median_s": 9.0, "times_s": [9.0],
              "peak_rss_mb": 3000.0, "outputs": {"sq_norm_w": [4.0], "sq_norm_l": [9.0],

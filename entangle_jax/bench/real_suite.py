@@ -68,8 +68,9 @@ def peer_status() -> dict[str, str | None]:
 
 
 def plan(quick: bool, peers: dict[str, str | None], rounds: int | None = None,
-         cache_root: str = "") -> list[dict]:
-    """The cases (specs with ``rounds``: how many rounds run them) of a full or quick run."""
+         cache_root: str = "", tasks=None) -> list[dict]:
+    """The cases (specs with ``rounds``: how many rounds run them) of a full or quick run, of
+    the ``tasks`` named (default all)."""
     size = QUICK if quick else FULL
     rounds = rounds or size["rounds"]
     hf = peers.get("transformers") is None
@@ -92,7 +93,7 @@ def plan(quick: bool, peers: dict[str, str | None], rounds: int | None = None,
         cases.append({**full, "method": "auto"})
     if hf:  # refused before any work: it would hold 128 per-example gradients
         cases.append({**full, "method": "torch_func"})
-    return cases
+    return [c for c in cases if tasks is None or c["task"] in tasks]
 
 
 def slot(spec: dict) -> tuple:
@@ -266,9 +267,10 @@ def _goals(r: dict) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 def run_real_benchmark(quick: bool = False, timeout: float = REAL_TIMEOUT, rounds: int | None = None,
-                       progress: bool = True, on_row=None) -> dict:
-    """Every real-model case, interleaved round by round; returns ``{"machine", "peers", "quick",
-    "rounds", "rows", "wall_s"}``. ``on_row(result)`` after each case (partial results)."""
+                       progress: bool = True, on_row=None, tasks=None) -> dict:
+    """Every real-model case (of ``tasks``, default all), interleaved round by round; returns
+    ``{"machine", "peers", "quick", "rounds", "rows", "wall_s"}``. ``on_row(result)`` after each
+    case (partial results)."""
     from entangle_jax.bench import matmul_gflops
 
     started = time.perf_counter()
@@ -278,7 +280,7 @@ def run_real_benchmark(quick: bool = False, timeout: float = REAL_TIMEOUT, round
                "cpus": os.cpu_count(), "python": platform.python_version(),
                "load_average_1m": os.getloadavg()[0], "matmul_gflops": matmul_gflops()}
     root = tempfile.mkdtemp(prefix="entangle-bench-cache-")
-    cases = plan(quick, peers, rounds, root)
+    cases = plan(quick, peers, rounds, root, tasks)
     n_rounds = max(c["rounds"] for c in cases)
     runs: dict[tuple, list[dict]] = {slot(c): [] for c in cases}
     result = {"model": "smollm2", "machine": machine, "peers": peers, "quick": quick,

@@ -7,6 +7,18 @@ from entangle_jax.cli.common import positive_float, positive_int
 
 #: ``--model`` values: the pretrained models with real-model rows.
 REAL_MODELS = ("smollm2",)
+#: The real-model rows' tasks (``--tasks``).
+REAL_TASKS = ("load", "pair_stats", "token_gram", "kernel")
+
+
+def _tasks(text: str) -> tuple[str, ...]:
+    import argparse
+
+    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in tasks if t not in REAL_TASKS]
+    if not tasks or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: give tasks among {', '.join(REAL_TASKS)}")
+    return tasks
 
 
 def add_parser(subparsers) -> None:
@@ -37,6 +49,9 @@ def add_parser(subparsers) -> None:
                         help="with --model: interleaved rounds, each running every case once in "
                              "its own process; a row's time is the median over rounds (default "
                              "3, 1 with --quick; the N=64, B=256 kernel runs once)")
+    parser.add_argument("--tasks", type=_tasks,
+                        help="with --model: comma-separated tasks to run, of "
+                             f"{', '.join(REAL_TASKS)} (default all)")
     parser.add_argument("--out", default="reports", help="output directory (default reports)")
     parser.add_argument("--timeout", type=positive_float,
                         help="seconds allowed to each case before it is reported as timed out "
@@ -52,8 +67,8 @@ def run(args) -> int:
     from entangle_jax.io import atomic_write_json, atomic_write_text
 
     if args.model is None:
-        not_applicable(args, ("rounds",), "without --model (the default benchmark repeats "
-                                          "each case inside its process)")
+        not_applicable(args, ("rounds", "tasks"), "without --model (the default benchmark "
+                                                  "repeats each case inside its process)")
         from entangle_jax.bench import exit_status, format_table, run_benchmark
 
         stem = "bench"
@@ -72,7 +87,7 @@ def run(args) -> int:
         stem = f"bench-{args.model}"
         bench = lambda save: saved(run_real_benchmark(  # noqa: E731
             quick=args.quick, timeout=REAL_TIMEOUT if args.timeout is None else args.timeout,
-            rounds=args.rounds, on_row=save))
+            rounds=args.rounds, tasks=args.tasks, on_row=save))
     out = Path(args.out)
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     check_output_dir(out, "--out", (json_path.name, md_path.name))
