@@ -55,7 +55,7 @@ def no_work(monkeypatch):
     """Make every expensive step fail loudly: a command that reaches one did work before
     refusing."""
     import entangle_jax.bench
-    import entangle_jax.dynamics
+    import entangle_jax.dynamics_report
     import entangle_jax.figures.runner
     import entangle_jax.train.preference
     import entangle_jax.train.sft
@@ -70,7 +70,7 @@ def no_work(monkeypatch):
                          (entangle_jax.train.preference, "train_preference"),
                          (entangle_jax.verify, "run_verify"),
                          (entangle_jax.bench, "run_benchmark"),
-                         (entangle_jax.dynamics, "one_step_report"),
+                         (entangle_jax.dynamics_report, "one_step_report"),
                          (entangle_jax.figures.runner, "run_figure")]:
         monkeypatch.setattr(module, name, forbidden)
 
