@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from entangle_jax.chunking import map_chunks
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.logprob import response_positions
 
@@ -46,12 +47,8 @@ def response_hidden_sums(graphdef, params, responses: Responses, *,
                          chunk_size: int = 32) -> np.ndarray:
     """``[N, d]`` sums of the last hidden states that predict each response's tokens (host
     array), ``chunk_size`` responses per forward pass (the last chunk padded by repetition)."""
-    n = int(responses.tokens.shape[0])
-    outs = []
-    for lo in range(0, n, chunk_size):
-        idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
-        outs.append(np.asarray(_hidden_sum_chunk(graphdef, params, responses[idx])))
-    return np.concatenate(outs)[:n].astype(np.float64)
+    return map_chunks(partial(_hidden_sum_chunk, graphdef, params), responses,
+                      int(responses.tokens.shape[0]), chunk_size).astype(np.float64)
 
 
 def ches_scores(sum_w, sum_l, length_w, length_l, *, normalize: bool = False) -> np.ndarray:

@@ -26,7 +26,7 @@ from flax import nnx, struct
 
 from entangle_jax import memory
 from entangle_jax.chunking import map_chunks
-from entangle_jax.condition import case_fractions, case_of, gradient_condition, GradientCondition
+from entangle_jax.condition import GradientCondition, case_fractions, case_of, gradient_condition
 from entangle_jax.config import ConfigError
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.gradients import pair_geometry
@@ -66,8 +66,9 @@ def _step_chunk(graphdef, params, pairs: Pairs, coef_w, coef_l, lrs):
             return f_w(p), f_l(p)
 
         at_w, at_l = jax.vmap(moved)(jnp.concatenate([jnp.zeros(1, lrs.dtype), lrs]))
-        return (at_w[0], at_l[0], optax.tree.vdot(g_w, g_w), optax.tree.vdot(g_l, g_l), optax.tree.vdot(g_w, g_l),
-                optax.tree.vdot(g_w, u), optax.tree.vdot(g_l, u), at_w[1:] - at_w[0], at_l[1:] - at_l[0])
+        dot = optax.tree.vdot
+        return (at_w[0], at_l[0], dot(g_w, g_w), dot(g_l, g_l), dot(g_w, g_l), dot(g_w, u),
+                dot(g_l, u), at_w[1:] - at_w[0], at_l[1:] - at_l[0])
 
     return jax.vmap(one)(pairs, coef_w, coef_l)
 

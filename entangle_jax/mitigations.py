@@ -35,6 +35,7 @@ from typing import Literal, Protocol, get_args
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from entangle_jax.config import ConfigError
 from entangle_jax.data.pairs import Pairs
@@ -147,8 +148,7 @@ def _sq_grad_norms(graphdef, params, pairs: Pairs):
 
     def one(pair: Pairs):
         g_w, g_l = grad(params, pair.chosen), grad(params, pair.rejected)
-        sq = lambda g: sum(jnp.vdot(x, x) for x in jax.tree.leaves(g))  # noqa: E731
-        return sq(g_w), sq(g_l)
+        return optax.tree.vdot(g_w, g_w), optax.tree.vdot(g_l, g_l)
 
     return jax.lax.stop_gradient(jax.vmap(one)(pairs))
 
