@@ -135,7 +135,7 @@ def probe_run(tmp_path_factory):
     path = base / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     ckpt = train_sft(ModelConfig(d_model=16, n_layers=1, n_heads=2, d_mlp=32),
-                     load_user_data(path), SFTConfig(steps=20, batch_size=8), progress=False)
+                     load_user_data(path), SFTConfig(steps=6, batch_size=8), progress=False)
     save_checkpoint(base / "ckpt", ckpt)
     out = base / "out"
     rc = main(["predict", "--checkpoint", str(base / "ckpt"), "--data", str(path),
