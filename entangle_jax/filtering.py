@@ -92,15 +92,13 @@ def filtering_experiment(ckpt, config: PreferenceConfig, source: Mapping, train:
 def _mean_over_runs(runs: list[dict]) -> dict:
     """Every number of the runs' ``trained``/``held_out``/``probes`` averaged over the seeds,
     with its standard deviation over them (``{name: [mean, sd]}``)."""
-    out = {}
-    for part in ("trained", "held_out", "probes"):
-        if runs[0][part] is None:
-            out[part] = None
-            continue
-        out[part] = {name: [float(np.mean(values)), float(np.std(values))]
-                     for name in runs[0][part]
-                     for values in [[run[part][name] for run in runs]]}
-    return out
+    def mean_sd(part: str, name: str) -> list[float]:
+        values = [run[part][name] for run in runs]
+        return [float(np.mean(values)), float(np.std(values))]
+
+    return {part: None if runs[0][part] is None else
+            {name: mean_sd(part, name) for name in runs[0][part]}
+            for part in ("trained", "held_out", "probes")}
 
 
 __all__ = ["filtering_experiment", "random_removal", "top_risk"]

@@ -29,6 +29,7 @@ import collections
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -134,10 +135,10 @@ class PreferenceData:
         budget = self.config.max_response_tokens
         return prompt, chosen[:budget], rejected[:budget]
 
-    @property
+    @cached_property
     def window(self) -> int:
         """Word-level response slots per sequence: the longest chosen or rejected response
-        within the response budget."""
+        within the response budget (computed once: every SFT batch asks for it)."""
         return max(max(len(w[1]), len(w[2]))
                    for w in map(self.budgeted_words, range(len(self.records))))
 
