@@ -35,6 +35,7 @@ from entangle_jax.logprob import (batch_sequence_logprobs, pair_token_logprobs, 
 from entangle_jax.models import in_precision
 from entangle_jax.objectives import Objective
 from entangle_jax.optimizers import make_optimizer
+from entangle_jax.sharding import padded_size, replicate, shard_batch
 
 
 def coefficient_surrogate(graphdef, params, pairs: Pairs, coef_w, coef_l):
@@ -240,19 +241,22 @@ def _update_changes_chunk(params, responses: Responses, update, base, *, graphde
 
 
 def update_changes(graphdef, params, responses: Responses, update, *,
-                   chunk_size: int | None = None, subset=None, base=None):
+                   chunk_size: int | None = None, subset=None, base=None, mesh=None):
     """``(log π, ⟨∇ log π, u⟩)`` ``[B]`` for every response under the parameter update ``u``
     (a Jacobian-vector product: the first-order change of each log-prob), in chunks of responses
     (by default as many as fit the memory budget, up to 256 and no more than there are; host
     arrays). With a ``subset`` (``train.subsets``), ``params`` and ``u`` live in its trainable
-    state over ``base``."""
+    state over ``base``. With a ``mesh`` each chunk's responses are split over its devices."""
     if chunk_size is None:
         chunk_size = _sequences_per_chunk(graphdef, _full(params, subset, base), responses,
                                           copies=0, passes=2,
                                           cap=min(256, int(responses.tokens.shape[0])))
+    if mesh is not None:
+        chunk_size = padded_size(chunk_size, mesh)
+        params, update, base = replicate((params, update, base), mesh)
     return map_chunks(lambda chunk: _update_changes_chunk(params, chunk, update, base,
                                                           graphdef=graphdef, subset=subset),
-                      responses, int(responses.tokens.shape[0]), chunk_size)
+                      responses, int(responses.tokens.shape[0]), chunk_size, mesh=mesh)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "subset"))
@@ -262,23 +266,27 @@ def _summed_update(params, pairs: Pairs, coef_w, coef_l, base, *, graphdef, subs
 
 
 def batch_coefficient_update(graphdef, params, pairs: Pairs, coef_w, coef_l, *,
-                             chunk_size: int | None = None, subset=None, base=None):
+                             chunk_size: int | None = None, subset=None, base=None, mesh=None):
     """``coefficient_update`` of a whole batch, accumulated over chunks of pairs (by default as
     many as fit the memory budget, up to 256 and no more than there are):
     ``u = (1/B) Σ_chunks Σ_b …``; padding rows of the last chunk carry zero coefficients. With a
-    ``subset``, ``u`` lives in its trainable state (``params``) over ``base``."""
+    ``subset``, ``u`` lives in its trainable state (``params``) over ``base``. With a ``mesh``
+    each chunk's pairs are split over its devices (XLA sums their gradients across devices)."""
     n = len(pairs)
     if chunk_size is None:
         chunk_size = _sequences_per_chunk(graphdef, _full(params, subset, base), pairs.chosen,
                                           copies=0, passes=4, cap=min(256, n))
+    if mesh is not None:
+        chunk_size = padded_size(chunk_size, mesh)
+        params, base = replicate((params, base), mesh)
     coef_w, coef_l = jnp.asarray(coef_w), jnp.asarray(coef_l)
     total = None
     for lo in range(0, n, chunk_size):
         idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
         real = (np.arange(lo, lo + chunk_size) < n)[:, None]
-        part = _summed_update(params, pairs[idx], jnp.where(real, coef_w[idx], 0),
-                              jnp.where(real, coef_l[idx], 0), base, graphdef=graphdef,
-                              subset=subset)
+        batch = (pairs[idx], jnp.where(real, coef_w[idx], 0), jnp.where(real, coef_l[idx], 0))
+        chunk, c_w, c_l = batch if mesh is None else shard_batch(batch, mesh)
+        part = _summed_update(params, chunk, c_w, c_l, base, graphdef=graphdef, subset=subset)
         total = part if total is None else jax.tree.map(jnp.add, total, part)
     return jax.tree.map(lambda x: x / n, total)
 

@@ -40,7 +40,8 @@ from entangle_jax.train.preference import PreferenceConfig, draw_batches
 @dataclass(frozen=True)
 class RunStart:
     """A run's starting point: the model (``graphdef``, ``base``), the trained parameter subset
-    and its initial state, and the objective weights ``d`` of every training pair there."""
+    and its initial state, the objective weights ``d`` of every training pair there and the
+    ``mesh`` (``sharding.batch_mesh``) the kernel's pairs and responses are split over, if any."""
 
     graphdef: object
     base: object
@@ -48,20 +49,22 @@ class RunStart:
     trainable: object
     d_w: np.ndarray
     d_l: np.ndarray
+    mesh: object = None
 
     @property
     def params(self):
         return self.subset.apply(self.base, self.trainable)
 
 
-def run_start(graphdef, base, config: PreferenceConfig, train: Pairs) -> RunStart:
-    """The starting point of ``config``'s run on ``train`` from ``base`` (policy = reference)."""
+def run_start(graphdef, base, config: PreferenceConfig, train: Pairs, mesh=None) -> RunStart:
+    """The starting point of ``config``'s run on ``train`` from ``base`` (policy = reference);
+    with a ``mesh`` the predictions' backward passes and jvps run data-parallel over it."""
     subset = config.subset()
     trainable = subset.init(base, jax.random.key(config.seed))
     params = subset.apply(base, trainable)
     logp_w, logp_l = sequence_logps(graphdef, params, train)
     d_w, d_l = objective_weights(config.make_objective(), train, logp_w, logp_l, logp_w, logp_l)
-    return RunStart(graphdef, base, subset, trainable, d_w, d_l)
+    return RunStart(graphdef, base, subset, trainable, d_w, d_l, mesh)
 
 
 def _on_tokens(d, pairs: Pairs):
@@ -76,7 +79,7 @@ def _gradient_sum(start: RunStart, pairs: Pairs, weights: np.ndarray):
     mean = batch_coefficient_update(start.graphdef, start.trainable, sub,
                                     _on_tokens(weights[rows] * start.d_w[rows], sub),
                                     _on_tokens(weights[rows] * start.d_l[rows], sub),
-                                    subset=start.subset, base=start.base)
+                                    subset=start.subset, base=start.base, mesh=start.mesh)
     return jax.tree.map(lambda x: x * len(rows), mean)
 
 
@@ -107,7 +110,7 @@ def planned_update(start: RunStart, config: PreferenceConfig, train: Pairs, batc
 def predicted_changes(start: RunStart, responses: Responses, update) -> np.ndarray:
     """``[N]`` first-order changes ``⟨∇ log π(y), U⟩`` of every response."""
     return np.asarray(update_changes(start.graphdef, start.trainable, responses, update,
-                                     subset=start.subset, base=start.base)[1])
+                                     subset=start.subset, base=start.base, mesh=start.mesh)[1])
 
 
 def own_term_signs(d_w, d_l, sq_norm_w, sq_norm_l, inner) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,6 @@
-"""Sharded over 4 CPU devices equals one device (to float32 rounding): the pair statistics, the Grams and a preference
-gradient step. The device count is fixed at JAX start-up, so the check runs in a child process with
+"""Sharded over 4 CPU devices equals one device (to float32 rounding): the pair statistics, the
+Grams, a preference gradient step and entangle predict's cross-pair kernel. The device count is
+fixed at JAX start-up, so the check runs in a child process with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4``."""
 
 import json
@@ -55,6 +56,18 @@ CHILD = textwrap.dedent("""
     gaps["train_log"] = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-6)
                             for a, b in zip(one.records, many.records) if a["kind"] == "train"
                             for k in ("loss", "logps/chosen", "logps/rejected"))
+    # The cross-pair kernel of entangle predict: the planned update of a 2-step Adam run on the
+    # last block and its first-order change of every response (backward pass + jvp).
+    from entangle_jax.predict import planned_update, predicted_changes, run_start
+    config = PreferenceConfig(objective="dpo", steps=2, batch_size=4, suffix_length=3,
+                              train_params="last:1")
+    batches = np.array([[0, 1, 2, 3], [2, 3, 4, 5]])
+    responses = pairs[np.arange(5)].chosen
+    for name, m in (("one", None), ("many", mesh)):
+        start = run_start(ckpt.graphdef, ckpt.params, config, pairs, mesh=m)
+        gaps[name] = predicted_changes(start, responses, planned_update(start, config, pairs,
+                                                                       batches))
+    gaps["entk_kernel"] = rel(gaps.pop("one"), gaps.pop("many"))
     batch = pairs[np.arange(4)]
     sharded = shard_batch(batch, mesh).chosen.tokens.sharding
     gaps["devices_used"] = len(sharded.device_set)
