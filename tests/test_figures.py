@@ -21,7 +21,9 @@ from entangle_jax.figures.tables import read_csv
 from entangle_jax.gradients import pair_geometry
 from entangle_jax.train.preference import read_log
 
-STEMS = list(discover())
+STEMS = list(select(discover(), None))
+#: The real-model twins (``entangle figures --real``): figure 8 has no tiny form.
+REAL_STEMS = list(select(discover(), None, real=True))
 
 
 def _tiny(stem: str, config):
@@ -234,6 +236,27 @@ def test_select_names_figures_by_number_prefix_or_stem():
     assert list(select(scripts, STEMS[1])) == [STEMS[1]]
     with pytest.raises(ConfigError, match="names no figure"):
         select(scripts, "9")
+    assert [stem.split("_")[0] for stem in REAL_STEMS] == ["fig1", "fig2", "fig3", "fig8"]
+    assert "fig8" not in {stem.split("_")[0] for stem in STEMS}
+    with pytest.raises(ConfigError, match="names no figure with a real-model twin"):
+        select(scripts, "7", real=True)
+
+
+@pytest.mark.slow
+def test_real_model_twins_run_end_to_end(tmp_path):
+    """``entangle figures --real --quick``: SmolLM2 as shipped, 2 DPO steps on 2 real pairs with
+    probes, 2 sentiment pairs at L ≤ 2 (about 3 min on 2 cores)."""
+    out = tmp_path / "out"
+    assert main(["figures", "--real", "--quick", "--out", str(out), "--cache-dir",
+                 str(tmp_path / "cache")]) == 0
+    summary = json.loads((out / "figures_smollm2.json").read_text())
+    assert summary["real"] and list(summary["figures"]) == [f"{s}_smollm2" for s in REAL_STEMS]
+    for stem in summary["figures"]:
+        assert (out / f"{stem}.png").stat().st_size > 10_000
+    gram = read_csv(out / f"{REAL_STEMS[2]}_smollm2.csv")
+    tokens = {r["i"]: r["row_token"] for r in gram if r["panel"] == "chosen"}
+    assert [tokens[i] for i in sorted(tokens)][1:] == ["sentiment", "."]  # SmolLM2's own tokens
+    assert tokens[0] in ("Positive", "Negative")
 
 
 def test_cli_reuses_the_cached_run_and_reports_bad_input(figures, tmp_path, capsys):
@@ -264,7 +287,8 @@ def test_the_figures_are_modules_of_the_installed_package():
     assert [Path(load(name).__file__).parent for name in discover().values()] == \
         [Path(paper.__file__).parent] * len(STEMS)
     scripts = sorted((root / "figures").glob("fig*.py"))
-    assert [p.stem for p in scripts] == sorted(STEMS)
+    assert [p.stem for p in scripts] == sorted(discover())
     for path in scripts:
         number = path.stem.split("_")[0]
-        assert f'main(["figures", "--only", "{number}", *sys.argv[1:]])' in path.read_text()
+        real = "" if path.stem in STEMS else '"--real", '
+        assert f'main(["figures", {real}"--only", "{number}", *sys.argv[1:]])' in path.read_text()

@@ -11,7 +11,9 @@ def add_parser(subparsers) -> None:
         "figures", help="regenerate every figure (PNG, PDF and the plotted numbers as CSV)",
         description="Runs the figures (fig1 … fig7): trains or reuses the models and runs "
                     "they need (cached under --cache-dir), then "
-                    "writes OUT/<figure>.png, .pdf and .csv, and OUT/figures.json (timings).")
+                    "writes OUT/<figure>.png, .pdf and .csv, and OUT/figures.json (timings); "
+                    "--real: the real-model twins (figN_<name>_smollm2) and figures.json's "
+                    "twin, figures_smollm2.json.")
     parser.add_argument("--only", help="comma-separated figures to run: numbers (1,3), fig3 or "
                                        "full names (default: all)")
     parser.add_argument("--list", action="store_true", help="list the figures and exit")
@@ -32,7 +34,7 @@ def run(args) -> int:
     from entangle_jax.figures.runner import discover, gallery_copy, load, run_figure, select
     from entangle_jax.io import atomic_write_json
 
-    scripts = select(discover(), args.only)
+    scripts = select(discover(), args.only, args.real)
     if args.list:
         unused = given(args, "quick", "out", "cache_dir", "recompute", "gallery")
         if unused:
@@ -43,7 +45,8 @@ def run(args) -> int:
             print(f"{stem:24s} {summary[:100] + ('…' if len(summary) > 100 else '')}")
         return 0
     ctx = context_from_args(args)
-    check_output_dir(ctx.out_dir, "--out", ("figures.json",))
+    summary_name = "figures_smollm2.json" if ctx.real else "figures.json"
+    check_output_dir(ctx.out_dir, "--out", (summary_name,))
     check_output_dir(ctx.cache_dir, "--cache-dir")
     if args.gallery:
         check_output_dir(args.gallery, "--gallery")
@@ -54,15 +57,15 @@ def run(args) -> int:
         for stem, path in bar:
             bar.set_postfix_str(stem)
             output = run_figure(load(path), ctx)
-            summary[stem] = {"seconds": round(output.seconds, 2),
-                             "files": [str(p) for p in output.paths]}
+            summary[output.stem] = {"seconds": round(output.seconds, 2),
+                                    "files": [str(p) for p in output.paths]}
             if args.gallery:
-                summary[stem]["gallery"] = str(gallery_copy(output.paths[0], args.gallery))
-            tqdm.write(f"{stem:28s} {output.seconds:7.1f} s  → "
+                summary[output.stem]["gallery"] = str(gallery_copy(output.paths[0], args.gallery))
+            tqdm.write(f"{output.stem:28s} {output.seconds:7.1f} s  → "
                        f"{Path(output.paths[0]).with_suffix('')}.{{png,pdf,csv}}")
         total = time.perf_counter() - start
-        atomic_write_json(Path(ctx.out_dir) / "figures.json",
-                          {"quick": ctx.quick, "total_seconds": round(total, 2),
+        atomic_write_json(Path(ctx.out_dir) / summary_name,
+                          {"quick": ctx.quick, "real": ctx.real, "total_seconds": round(total, 2),
                            "figures": summary})
-    print(f"{len(summary)} figure(s) in {total:.1f} s; wrote {Path(ctx.out_dir) / 'figures.json'}")
+    print(f"{len(summary)} figure(s) in {total:.1f} s; wrote {Path(ctx.out_dir) / summary_name}")
     return 0

@@ -158,7 +158,23 @@ def run_preference(args) -> int:
         if args.save:
             save_checkpoint(args.save, dataclasses.replace(ckpt, params=run.params))
             print(f"wrote checkpoint {args.save}")
+        if any("probe/pairs/logps_chosen" in r for r in run.records):
+            _write_probe_report(run.records, log)
     return 0
+
+
+def _write_probe_report(records, log) -> None:
+    """``<log>.report.md`` and ``.report.json``: what the run did to the probes; the verdict
+    lines are printed."""
+    from entangle_jax.io import atomic_write_json, atomic_write_text
+    from entangle_jax.train.probe_report import format_probe_report, probe_report
+
+    report = probe_report(records)
+    text = format_probe_report(report)
+    atomic_write_json(log.with_suffix(".report.json"), report)
+    atomic_write_text(log.with_suffix(".report.md"), text + "\n")
+    print("\n".join(line for line in text.splitlines() if line.startswith("- ")))
+    print(f"wrote {log.with_suffix('.report.md')} and .report.json")
 
 
 def _probe_pairs_available(ckpt, data, probe_data) -> tuple[int | None, str]:

@@ -24,12 +24,14 @@ from entangle_jax.provenance import cache_key
 @dataclass(frozen=True)
 class FigureContext:
     """Where a figure run writes and reads. ``quick`` selects each figure's tiny configuration;
-    ``recompute`` ignores stored figure and preference runs (trained models are still reused),
-    recomputing each once: ``recomputed`` holds the keys already recomputed by this context."""
+    ``real`` the real-model twins (``real_config``) instead of the figures; ``recompute``
+    ignores stored figure and preference runs (trained models are still reused), recomputing
+    each once: ``recomputed`` holds the keys already recomputed by this context."""
 
     out_dir: Path = Path("figures/out")
     cache_dir: Path = Path(".cache")
     quick: bool = False
+    real: bool = False
     recompute: bool = False
     progress: bool = True
     recomputed: set = field(default_factory=set, compare=False, repr=False)
@@ -71,10 +73,14 @@ def add_context_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=".cache",
                         help="trained models (CACHE/models) and figure runs (CACHE/figures, "
                              "CACHE/preference) are reused from here (default .cache)")
+    parser.add_argument("--real", action="store_true",
+                        help="the real-model twins instead (SmolLM2-135M-Instruct: figures 1, 2, "
+                             "3 and 8, written as figN_<name>_smollm2; about 40 min on 2 cores "
+                             "the first time; needs the repository's data/)")
     parser.add_argument("--recompute", action="store_true",
                         help="recompute the figure runs even when cached (models are reused)")
 
 
 def context_from_args(args) -> FigureContext:
     return FigureContext(out_dir=Path(args.out), cache_dir=Path(args.cache_dir), quick=args.quick,
-                         recompute=args.recompute)
+                         real=args.real, recompute=args.recompute)

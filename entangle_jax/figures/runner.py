@@ -3,7 +3,9 @@ with the package; the repository's ``figures/figN_<name>.py`` scripts run them o
 
 A figure module defines three functions:
 
-- ``config(quick: bool)`` → a frozen dataclass (the full or the tiny configuration);
+- ``config(quick: bool)`` → a frozen dataclass (the full or the tiny configuration); a module may
+  also (or only) define ``real_config(quick)``, its real-model twin (``FigureContext.real``),
+  written as ``<stem>_smollm2``;
 - ``compute(config, ctx: FigureContext, run_dir: Path)`` → JSON-ready results (the run: trains and
   measures; may write a log into ``run_dir``); cached by the config's hash;
 - ``plot(results, config)`` → ``(matplotlib figure, rows)``, the rows being the plotted numbers.
@@ -44,8 +46,11 @@ def discover() -> dict[str, str]:
             for stem in sorted(found, key=lambda stem: int(_STEM.fullmatch(stem)[1]))}
 
 
-def select(scripts: dict[str, str], only: str | None) -> dict[str, str]:
-    """The scripts named by ``only``: comma-separated numbers (``1,3``), ``fig3`` or full stems."""
+def select(scripts: dict[str, str], only: str | None, real: bool = False) -> dict[str, str]:
+    """The scripts named by ``only``: comma-separated numbers (``1,3``), ``fig3`` or full stems;
+    of those, the ones with a configuration of the kind asked for (``real``: a real-model twin)."""
+    kind = "real_config" if real else "config"
+    scripts = {stem: name for stem, name in scripts.items() if hasattr(load(name), kind)}
     if not only:
         return scripts
     chosen = {}
@@ -53,7 +58,8 @@ def select(scripts: dict[str, str], only: str | None) -> dict[str, str]:
         matches = [stem for stem in scripts
                    if item in (stem, stem.split("_")[0], stem.split("_")[0].removeprefix("fig"))]
         if not matches:
-            raise ConfigError(f"--only {item!r} names no figure; known: {', '.join(scripts)}")
+            raise ConfigError(f"--only {item!r} names no figure{' with a real-model twin' if real else ''}; "
+                              f"known: {', '.join(scripts)}")
         chosen.update({stem: scripts[stem] for stem in matches})
     return dict(sorted(chosen.items(), key=lambda kv: list(scripts).index(kv[0])))
 
@@ -65,10 +71,11 @@ def load(name: str) -> ModuleType:
 
 def run_figure(module: ModuleType, ctx: FigureContext, config=None) -> FigureOutput:
     """Compute (or reuse) one figure script's run, then write its PNG, PDF and CSV; ``config``
-    replaces the script's own ``config(ctx.quick)``."""
+    replaces the script's own ``config(ctx.quick)`` (``real_config`` with ``ctx.real``)."""
     start = time.perf_counter()
-    stem = Path(module.__file__).stem
-    config = module.config(ctx.quick) if config is None else config
+    stem = Path(module.__file__).stem + ("_smollm2" if ctx.real else "")
+    if config is None:
+        config = (module.real_config if ctx.real else module.config)(ctx.quick)
     results = ctx.cached(stem, config, lambda run_dir: module.compute(config, ctx, run_dir))
     fig, rows = module.plot(results, config)
     csv = write_csv(Path(ctx.out_dir) / f"{stem}.csv", rows)

@@ -15,8 +15,10 @@ Logged per step, with TRL's metric names: ``loss``, ``logps/chosen``, ``logps/re
 ``probe/grad_cosine``, ``probe/logps/*``, the fractions ``probe/case_1..4`` of the first-order
 cases of the method's own per-pair update, the mean weights ``probe/d_w``, ``probe/d_l`` and
 ``probe/frac_d_nonpositive`` (pairs with d_w ≤ 0 or d_l ≤ 0, where case 4 is not excluded: IPO and
-SPPO past their targets). Each record is one JSON line, written and flushed as it
-is produced.
+SPPO past their targets). With probe responses (a data file carrying Ren & Sutherland's fields) the
+probe records also hold per pair ``probe/pairs/*`` and per field ``probe/responses/<field>`` (mean)
+and ``probe/pairs/responses/<field>`` (per prompt, in the header's ``rows`` order). Each record
+is one JSON line, written and flushed as it is produced.
 """
 
 from __future__ import annotations
@@ -126,13 +128,15 @@ class PreferenceRun:
 @dataclass(frozen=True)
 class PreferenceSets:
     """What a run trains on and probes: ``train`` pairs, ``probe`` pairs, the probe responses of
-    the probe prompts (``{field: ProbeSet}``, empty without them) and, for the sentiment task,
-    each training pair's class (``labels[i]``: its chosen response is the positive answer)."""
+    the probe prompts (``{field: ProbeSet}``, empty without them), for the sentiment task each
+    training pair's class (``labels[i]``: its chosen response is the positive answer) and, for a
+    data file, where each probe pair is (``file:line``)."""
 
     train: Pairs
     probe: Pairs
     responses: dict
     labels: np.ndarray | None = None
+    probe_sources: tuple[str, ...] = ()
 
     def restricted(self, rows) -> "PreferenceSets":
         """The same sets training on the pairs ``train[rows]`` only."""
@@ -158,16 +162,21 @@ def preference_pairs(ckpt: Checkpoint, config: "PreferenceConfig", data=None,
         data = load_from_config(ckpt.user_data)
     if data is not None:
         max_len = ckpt.model_config.max_len
-        train = encode_pairs(data, ckpt.tokenizer, range(len(data.records)), max_len).pairs
+        train_set = encode_pairs(data, ckpt.tokenizer, range(len(data.records)), max_len)
+        train = train_set.pairs
         if probe_data is None:
             n = len(train)
             pick = np.random.default_rng([config.seed, 4]).choice(
                 n, min(config.probe_size, n), replace=False)
-            return PreferenceSets(train, train[np.sort(pick)], {})
+            pick = np.sort(pick)
+            return PreferenceSets(train, train[pick], {}, probe_sources=tuple(
+                data.records[train_set.indices[k]].where for k in pick))
         probe = encode_pairs(probe_data, ckpt.tokenizer,
                              range(min(config.probe_size, len(probe_data.records))), max_len)
         return PreferenceSets(train, probe.pairs,
-                              encode_probes(probe_data, ckpt.tokenizer, probe, max_len))
+                              encode_probes(probe_data, ckpt.tokenizer, probe, max_len),
+                              probe_sources=tuple(probe_data.records[k].where
+                                                  for k in probe.indices))
     if task is None:
         if ckpt.data_config is None:
             raise ConfigError("the checkpoint records no data config; preference pairs need one "
@@ -310,6 +319,7 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, p
             for name, probe_set in sets.responses.items():
                 logps = response_logprobs(graphdef, params, probe_set.responses)
                 record[f"probe/responses/{name}"] = _mean(logps)
+                record[f"probe/pairs/responses/{name}"] = np.asarray(logps).tolist()
         if isinstance(method, TokenMask):
             mask = np.asarray(extra)[:int(np.max(np.asarray(probe.chosen.length)))]
             record["mask/sentiment_share"] = float(mask[0] / mask.sum()) if mask.sum() else 0.0
@@ -328,8 +338,10 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, p
               **({} if train_rows is None else
                  {"train_rows": [int(r) for r in np.asarray(train_rows)]}),
               "trained_parameters": sum(int(x.size) for x in jax.tree.leaves(trainable)),
+              "probe_sources": list(sets.probe_sources),
               "probe_responses": {name: {"kind": PROBE_KINDS.get(name, name),
-                                         "prompts": len(probe_set.rows)}
+                                         "prompts": len(probe_set.rows),
+                                         "rows": [int(r) for r in probe_set.rows]}
                                   for name, probe_set in sets.responses.items()}}
     records: list[dict] = []
     log = None if log_path is None else _open_log(log_path)

@@ -6,6 +6,10 @@ the change of the sequence log-prob since the SFT model, ``rewards/chosen`` / β
 log π_ref,w (likewise rejected), and the margin's change ``rewards/margins`` / β. The markers are
 the same on the fixed probe set of eval pairs (``probe/logps/*``, change since step 0), measured
 every few steps. Log-probs are in nats.
+
+The real-model twin (``entangle figures --real``): DPO from SmolLM2-135M-Instruct as shipped on
+real pairs (HH-RLHF helpful-base, the learning-dynamics train file), probed on held-out pairs of
+its test file: the run of ``make dpo-real``, shared with figure 8.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from entangle_jax.verify.regimes import VerifySettings
 @dataclass(frozen=True)
 class Config:
     settings: VerifySettings
-    runs: tuple[tuple[str, PreferenceConfig], ...]  # (shape, run), one per shape
+    runs: tuple[tuple[str, PreferenceConfig], ...]  # (shape or data name, run)
     regime: str = sources.MAIN_REGIME
     seed: int = 0
+    data: sources.RealData | None = None  # real pairs instead of the sentiment task
 
 
 def config(quick: bool) -> Config:
@@ -34,11 +39,18 @@ def config(quick: bool) -> Config:
     return Config(sources.settings(quick), runs)
 
 
+def real_config(quick: bool) -> Config:
+    return Config(sources.real_figure_settings(quick, seeds=(0,)),
+                  (("helpful-base", sources.real_dpo_config(quick)),),
+                  regime="smollm2", data=sources.real_dpo_data(quick))
+
+
 def compute(cfg: Config, ctx, run_dir) -> dict:
     ckpt = sources.checkpoint(cfg.settings, cfg.regime, cfg.seed, ctx)
+    data = () if cfg.data is None else sources.real_data(cfg.data)
     out = {}
     for shape, run in cfg.runs:
-        result = sources.cached_preference(ckpt, run, ctx)
+        result = sources.cached_preference(ckpt, run, ctx, *data)
         out[shape] = {"log": str(result.log_path), "records": result.records}
     return {"runs": out}
 
@@ -91,13 +103,15 @@ def plot(results: dict, cfg: Config):
         for ax in (top, bottom):
             ax.axhline(0, color="0.6", linewidth=0.6)
         start = next(r for r in rows if r["shape"] == shape and r["source"] == "probe set")
-        style.panel_title(top, "abc"[col], f"{shape}, L = {run.suffix_length}\nfrom log π_w "
+        what = f"{shape}, L = {run.suffix_length}" if cfg.data is None else \
+            f"{shape} pairs ({run.train_params} trained)"
+        style.panel_title(top, "abc"[col], f"{what}\nfrom log π_w "
                           f"{start['logp_chosen']:.2f}, log π_l {start['logp_rejected']:.2f}",
                           fontsize=7)
         bottom.set_xlabel("DPO step")
         bottom.xaxis.set_major_locator(MaxNLocator(5, integer=True))
         if col == 0:
-            top.set_ylabel("change of log-prob since\nthe SFT model [nats]")
+            top.set_ylabel("change of log-prob since\nthe starting model [nats]")
             bottom.set_ylabel("change of margin [nats]")
     handles, labels = [], []
     for ax in axes[:, 0]:
@@ -105,9 +119,11 @@ def plot(results: dict, cfg: Config):
         handles, labels = handles + h, labels + lab
     style.legend_below(fig, handles, labels, ncol=3)
     run = cfg.runs[0][1]
-    style.suptitle(fig, f"DPO training dynamics from the same {sources.regime_label(cfg.regime)} "
-                        f"model (seed {cfg.seed}): {run.optimizer.capitalize()}, learning rate "
+    start = (f"the same {sources.regime_label(cfg.regime)} model (seed {cfg.seed})"
+             if cfg.data is None else "SmolLM2-135M-Instruct as shipped")
+    probes = "eval pairs" if cfg.data is None else "held-out pairs"
+    style.suptitle(fig, f"DPO training dynamics from {start}: {run.optimizer.capitalize()}, learning rate "
                         f"{run.learning_rate:g}, batch {run.batch_size}, β = "
-                        f"{run.make_objective().beta:g}; probe set: {run.probe_size} eval pairs")
+                        f"{run.make_objective().beta:g}; probe set: {run.probe_size} {probes}")
     return fig, rows
 

@@ -4,7 +4,9 @@ per training regime, with 95% bands over seeds.
 The regimes, seeds and pairs are ``entangle verify``'s (``verify.regimes``): seed s of a regime is
 its own model, trained on the data of seed s, measured on that data's first ``n_pairs`` eval
 statements at every L. The line is the mean over seeds of the per-seed mean over pairs, the band
-its Student-t 95% interval over seeds.
+its Student-t 95% interval over seeds. The real-model twin (``entangle figures --real``): the
+same for SmolLM2-135M-Instruct as shipped and after the short sentiment fine-tuning of ``entangle
+verify --real`` (L = 0…6, the chat sentiment task), 2 seeds of 16 pairs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class Config:
 
 def config(quick: bool) -> Config:
     return Config(sources.settings(quick))
+
+
+def real_config(quick: bool) -> Config:
+    return Config(sources.real_figure_settings(quick, seeds=(0, 1), n_pairs=16))
 
 
 def compute(cfg: Config, ctx, run_dir) -> dict:

@@ -4,6 +4,9 @@
 the within-response Grams ``⟨g_w^i, g_w^j⟩`` and ``⟨g_l^i, g_l^j⟩`` sit beside it, and the mean of
 M over all the seed's eval pairs shows that the example is typical. Position 0 is the sentiment token, the
 others the shared suffix. Measured as ``entangle verify`` measures it (``ModelContext.grams``).
+The real-model twin (``entangle figures --real``): the same on SmolLM2-135M-Instruct after the
+short sentiment fine-tuning of ``entangle verify --real`` (``smollm2_sft``), the pair asked through
+the chat template.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.colors import SymLogNorm
 
+from entangle_jax.data.chat_sentiment import response_text
 from entangle_jax.data.sentiment import response_words
 from entangle_jax.figures import sources, style
 from entangle_jax.verify.context import ModelContext, precision_scope
@@ -31,6 +35,20 @@ def config(quick: bool) -> Config:
     return Config(sources.settings(quick))
 
 
+def real_config(quick: bool) -> Config:
+    return Config(sources.real_figure_settings(quick, n_pairs=16),
+                  regime="smollm2" if quick else "smollm2_sft")
+
+
+def _tokens(ckpt, statement, positive: bool, length: int) -> list[str]:
+    """The response's tokens as the model reads them."""
+    if not hasattr(statement, "text"):  # a word-task statement: one word per token
+        return response_words(positive, length)
+    tokenizer = ckpt.tokenizer
+    return [tokenizer.decode([i]).strip() for i in tokenizer.encode(response_text(positive,
+                                                                                  length))]
+
+
 def compute(cfg: Config, ctx, run_dir) -> dict:
     s = cfg.settings
     length = s.long_suffix
@@ -43,9 +61,9 @@ def compute(cfg: Config, ctx, run_dir) -> dict:
     n, k = length + 1, cfg.example
     cross = np.asarray(grams.cross, np.float64)[:, :n, :n]
     return {"suffix_length": length, "n_pairs": int(cross.shape[0]),
-            "prompt": " ".join(statement.prompt),
-            "chosen_tokens": response_words(statement.positive, length),
-            "rejected_tokens": response_words(not statement.positive, length),
+            "prompt": getattr(statement, "text", None) or " ".join(statement.prompt),
+            "chosen_tokens": _tokens(ckpt, statement, statement.positive, length),
+            "rejected_tokens": _tokens(ckpt, statement, not statement.positive, length),
             "cross": cross[k].tolist(),
             "chosen": np.asarray(grams.chosen, np.float64)[k, :n, :n].tolist(),
             "rejected": np.asarray(grams.rejected, np.float64)[k, :n, :n].tolist(),
