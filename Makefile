@@ -48,7 +48,8 @@ predict-real: $(STAMP)
 # DPO on real pairs with probes: SmolLM2-135M-Instruct's last 2 blocks trained on the helpful-base
 # train file; probes are the first held-out pairs of the test file with their probe responses.
 # Writes the TRL-named metrics (runs/dpo-real/dpo.jsonl) and the report (dpo.report.md, .json);
-# about 15 min on 2 cores. dpo-real-long: the same for 400 steps on 32 probe pairs (hours).
+# about 15 min on 2 cores. dpo-real-long: the same for 400 steps on 32 probe pairs (about an
+# hour, estimated from the short run).
 LD_TEST := data/learning-dynamics-helpful-base/formal_prob_test.jsonl.gz
 DPO_REAL := --objective dpo --model smollm2 --data $(LD_TRAIN) --probe-data $(LD_TEST) \
 	--skip-bad-lines --train-params last:2 --learning-rate 2e-5 --batch-size 8

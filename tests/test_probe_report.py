@@ -97,6 +97,10 @@ def test_report_says_plainly_what_fell(dpo_probe_run):
     assert f"- The chosen log-prob {moved} on average by" in text
     n_fell = len(report["chosen"]["fell_pairs"])
     assert f"it fell for {n_fell} of 10 probe pairs" in text
+    beta = report["reward_beta"]
+    assert beta == pytest.approx(0.1)  # DPO's default β, with which TRL's rewards are logged
+    last = report["train_metrics"]["rewards/chosen"]["last_steps"] / beta
+    assert f"to {last:+.3g} nats (chosen)" in text
     assert "Ren & Sutherland" in text and "| chosen_selfr | chosen rephrased | 10 |" in text
 
 

@@ -328,6 +328,7 @@ def train_preference(ckpt: Checkpoint, config: PreferenceConfig, *, data=None, p
 
     trainable = subset.init(base, jax.random.key(config.seed))
     header = {"kind": "config", "method": method.name, "objective": objective.describe(),
+              "reward_beta": float(objective.beta),
               "config": to_dict(config), "model_config": to_dict(ckpt.model_config),
               "data_config": None if ckpt.data_config is None else to_dict(ckpt.data_config),
               "user_data": None if ckpt.user_data is None else to_dict(ckpt.user_data),

@@ -105,6 +105,7 @@ def probe_report(records: list[dict], window: int = 5) -> dict:
                                 "last_steps": float(np.mean([r[key] for r in tail]))}
                           for key in TRL_METRICS if train and key in train[0]},
         "train_window": min(window, len(train)),
+        "reward_beta": header.get("reward_beta"),
         "reference": RENSUTHERLAND,
     }
 
@@ -115,6 +116,18 @@ def _verdict(name: str, s: dict) -> str:
             f"({s['start']:.2f} → {s['end']:.2f}; median {s['median_change']:+.3g}, range "
             f"{s['min_change']:+.3g} … {s['max_change']:+.3g}); it fell for "
             f"{round(s['fell'] * s['n'])} of {s['n']} probe pairs.")
+
+
+def _training_line(report: dict) -> list[str]:
+    """The training batches' log π − log π_ref (TRL's rewards / β) at the start and the end."""
+    metrics, beta = report["train_metrics"], report.get("reward_beta")
+    if not beta or "rewards/chosen" not in metrics:
+        return []
+    w, l = metrics["rewards/chosen"], metrics["rewards/rejected"]
+    return [f"- On the training batches (TRL's rewards / β, mean of the first and the last "
+            f"{report['train_window']} steps), log π − log π_ref moved from "
+            f"{w['first_steps'] / beta:+.3g} to {w['last_steps'] / beta:+.3g} nats (chosen) and "
+            f"from {l['first_steps'] / beta:+.3g} to {l['last_steps'] / beta:+.3g} (rejected)."]
 
 
 def format_probe_report(report: dict) -> str:
@@ -131,6 +144,7 @@ def format_probe_report(report: dict) -> str:
              "- " + _verdict("rejected", report["rejected"]),
              "- " + _verdict("margin (chosen − rejected)", report["margin"]).replace(
                  "log-prob ", ""),
+             *_training_line(report),
              f"- Reference ({ref['model']}): {ref['direction']}.", ""]
     fell = report["chosen"]["fell_pairs"]
     if fell:
