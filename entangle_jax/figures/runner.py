@@ -58,8 +58,9 @@ def select(scripts: dict[str, str], only: str | None, real: bool = False) -> dic
         matches = [stem for stem in scripts
                    if item in (stem, stem.split("_")[0], stem.split("_")[0].removeprefix("fig"))]
         if not matches:
-            raise ConfigError(f"--only {item!r} names no figure{' with a real-model twin' if real else ''}; "
-                              f"known: {', '.join(scripts)}")
+            twin = " with a real-model twin" if real else ""
+            raise ConfigError(f"--only {item!r} names no figure{twin}; known: "
+                              f"{', '.join(scripts)}")
         chosen.update({stem: scripts[stem] for stem in matches})
     return dict(sorted(chosen.items(), key=lambda kv: list(scripts).index(kv[0])))
 

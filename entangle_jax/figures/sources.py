@@ -18,9 +18,9 @@ from pathlib import Path
 
 from entangle_jax.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from entangle_jax.config import DataConfig, ModelConfig
+from entangle_jax.data.chat_sentiment import ChatSentimentConfig
 from entangle_jax.provenance import cache_key
 from entangle_jax.train.preference import PreferenceConfig, read_log, train_preference
-from entangle_jax.data.chat_sentiment import ChatSentimentConfig
 from entangle_jax.verify.regimes import REAL_REGIMES, REGIMES, Regime, VerifySettings, real_settings
 from entangle_jax.verify.runner import regime_model
 
