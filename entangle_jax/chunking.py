@@ -5,8 +5,8 @@ The last chunk is padded by repeating the last row, so one compiled function ser
 the padded rows' outputs are dropped. A batch smaller than one chunk is one chunk of the next power
 of two rows (times the mesh's devices), not the full chunk: padding 4 real pairs to a 9-row chunk
 made a SmolLM2 forward 7× slower, and powers of two bound the extra compilations to log₂ of the
-chunk size. A chunk that is the whole batch in order is passed as it is
-(indexing a pytree of device arrays costs a dispatch per leaf).
+chunk size. A chunk that is the whole batch in order is passed as it is (indexing a pytree of
+device arrays costs a dispatch per leaf).
 """
 
 from __future__ import annotations
