@@ -123,11 +123,12 @@ def _training_line(report: dict) -> list[str]:
     metrics, beta = report["train_metrics"], report.get("reward_beta")
     if not beta or "rewards/chosen" not in metrics:
         return []
-    w, l = metrics["rewards/chosen"], metrics["rewards/rejected"]
+    chosen, rejected = metrics["rewards/chosen"], metrics["rewards/rejected"]
     return [f"- On the training batches (TRL's rewards / β, mean of the first and the last "
             f"{report['train_window']} steps), log π − log π_ref moved from "
-            f"{w['first_steps'] / beta:+.3g} to {w['last_steps'] / beta:+.3g} nats (chosen) and "
-            f"from {l['first_steps'] / beta:+.3g} to {l['last_steps'] / beta:+.3g} (rejected)."]
+            f"{chosen['first_steps'] / beta:+.3g} to {chosen['last_steps'] / beta:+.3g} nats "
+            f"(chosen) and from {rejected['first_steps'] / beta:+.3g} to "
+            f"{rejected['last_steps'] / beta:+.3g} (rejected)."]
 
 
 def format_probe_report(report: dict) -> str:

@@ -122,8 +122,8 @@ def plot(results: dict, cfg: Config):
     start = (f"the same {sources.regime_label(cfg.regime)} model (seed {cfg.seed})"
              if cfg.data is None else "SmolLM2-135M-Instruct as shipped")
     probes = "eval pairs" if cfg.data is None else "held-out pairs"
-    style.suptitle(fig, f"DPO training dynamics from {start}: {run.optimizer.capitalize()}, learning rate "
-                        f"{run.learning_rate:g}, batch {run.batch_size}, β = "
+    style.suptitle(fig, f"DPO training dynamics from {start}: {run.optimizer.capitalize()}, "
+                        f"learning rate {run.learning_rate:g}, batch {run.batch_size}, β = "
                         f"{run.make_objective().beta:g}; probe set: {run.probe_size} {probes}")
     return fig, rows
 
