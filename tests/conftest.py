@@ -15,6 +15,12 @@ settings.register_profile("reproducible", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
 
+# The commands the tests call through `main` would turn on JAX's persistent compilation cache for
+# the rest of the session; writing a CPU executable into it crashed a clean-clone run once
+# (segfault in jax's put_executable_and_time, test_verify_cli). The suite runs without it; the
+# cache's own tests set the variable themselves.
+os.environ.setdefault("ENTANGLE_JAX_COMPILATION_CACHE", "off")
+
 TINY_MODEL = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_mlp=32)
 TINY_DATA = DataConfig(n_statements=200, n_unused_words=16)
 
