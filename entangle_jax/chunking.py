@@ -2,11 +2,8 @@
 over more rows than fit at once.
 
 The last chunk is padded by repeating the last row, so one compiled function serves every chunk;
-the padded rows' outputs are dropped. A batch smaller than one chunk is one chunk of the next power
-of two rows (times the mesh's devices), not the full chunk: padding 4 real pairs to a 9-row chunk
-made a SmolLM2 forward 7× slower, and powers of two bound the extra compilations to log₂ of the
-chunk size. A chunk that is the whole batch in order is passed as it is (indexing a pytree of
-device arrays costs a dispatch per leaf).
+the padded rows' outputs are dropped. A chunk that is the whole batch in order is passed as it is
+(indexing a pytree of device arrays costs a dispatch per leaf).
 """
 
 from __future__ import annotations
@@ -35,10 +32,6 @@ def map_chunks(fn: Callable, batch, n: int, chunk_size: int, *,
     chunk sharded over ``mesh`` when given), its per-row outputs concatenated on the host.
     ``progress(rows done)`` is called after each chunk."""
     check_chunk_size(chunk_size)
-    devices = 1 if mesh is None else mesh.devices.size
-    if n < chunk_size:
-        per_device = -(-n // devices)
-        chunk_size = min(chunk_size, (1 << (per_device - 1).bit_length()) * devices)
     outs = []
     for lo in range(0, n, chunk_size):
         chunk = _take(batch, np.minimum(np.arange(lo, lo + chunk_size), n - 1), n)
