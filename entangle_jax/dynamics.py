@@ -240,6 +240,20 @@ def _update_changes_chunk(params, responses: Responses, update, base, *, graphde
                    (params,), (update,))
 
 
+def changes_chunk_size(graphdef, params, responses: Responses) -> int:
+    """``update_changes``' default chunk: as many responses as fit the memory budget (a forward
+    pass and its tangents each), up to 256 and no more than there are."""
+    return _sequences_per_chunk(graphdef, params, responses, copies=0, passes=2,
+                                cap=min(256, int(responses.tokens.shape[0])))
+
+
+def update_chunk_size(graphdef, params, pairs: Pairs) -> int:
+    """``batch_coefficient_update``'s default chunk: as many pairs as fit the memory budget (a
+    forward and a backward pass of both responses each), up to 256 and no more than there are."""
+    return _sequences_per_chunk(graphdef, params, pairs.chosen, copies=0, passes=4,
+                                cap=min(256, len(pairs)))
+
+
 def update_changes(graphdef, params, responses: Responses, update, *,
                    chunk_size: int | None = None, subset=None, base=None, mesh=None):
     """``(log π, ⟨∇ log π, u⟩)`` ``[B]`` for every response under the parameter update ``u``
@@ -248,9 +262,7 @@ def update_changes(graphdef, params, responses: Responses, update, *,
     arrays). With a ``subset`` (``train.subsets``), ``params`` and ``u`` live in its trainable
     state over ``base``. With a ``mesh`` each chunk's responses are split over its devices."""
     if chunk_size is None:
-        chunk_size = _sequences_per_chunk(graphdef, _full(params, subset, base), responses,
-                                          copies=0, passes=2,
-                                          cap=min(256, int(responses.tokens.shape[0])))
+        chunk_size = changes_chunk_size(graphdef, _full(params, subset, base), responses)
     if mesh is not None:
         chunk_size = padded_size(chunk_size, mesh)
         params, update, base = replicate((params, update, base), mesh)
@@ -274,8 +286,7 @@ def batch_coefficient_update(graphdef, params, pairs: Pairs, coef_w, coef_l, *,
     each chunk's pairs are split over its devices (XLA sums their gradients across devices)."""
     n = len(pairs)
     if chunk_size is None:
-        chunk_size = _sequences_per_chunk(graphdef, _full(params, subset, base), pairs.chosen,
-                                          copies=0, passes=4, cap=min(256, n))
+        chunk_size = update_chunk_size(graphdef, _full(params, subset, base), pairs)
     if mesh is not None:
         chunk_size = padded_size(chunk_size, mesh)
         params, base = replicate((params, base), mesh)

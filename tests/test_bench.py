@@ -143,6 +143,8 @@ def real_rows(smollm2):
              {"pairs": 1},
              ("token_gram", ("hf_loop", "structured", "auto")): {"response": 4},
              ("kernel", ("hf_loop", "torch_func", "materialize", "stagewise", "auto")):
+             {"eval_pairs": 1, "train_pairs": 2},
+             ("prediction", ("hf_loop", "materialize", "auto")):
              {"eval_pairs": 1, "train_pairs": 2}}
     rows = []
     for (task, methods), size in tasks.items():
@@ -183,6 +185,8 @@ def test_every_real_method_agrees_with_the_transformers_loop(real_rows):
             assert row["agreement"] is None
             continue
         errors = {k: v for k, v in row["agreement"].items() if k not in ("entries", "of_max")}
+        if row["task"] == "prediction":  # changes, on the scale of the largest
+            errors = {"changes": row["agreement"]["of_max"]}
         assert max(errors.values()) < 1e-4, (row["task"], row["method"], errors)
     loop = next(r for r in rows if r["task"] == "token_gram" and r["method"] == "hf_loop")
     assert loop["outputs"]["backward_passes"] == 8  # one per response token, 4 a side
@@ -195,7 +199,8 @@ def test_our_real_methods_agree_with_each_other(real_rows):
     rows, _ = real_rows
     for task, ref_method, name in (("pair_stats", "materialize", "inner"),
                                    ("token_gram", "structured", "gram"),
-                                   ("kernel", "materialize", "kernel")):
+                                   ("kernel", "materialize", "kernel"),
+                                   ("prediction", "materialize", "changes")):
         ours = [r for r in rows if r["task"] == task and r["method"] not in ("hf_loop",
                                                                              "torch_func")]
         ref = np.asarray(next(r for r in ours if r["method"] == ref_method)["outputs"][name])
@@ -213,6 +218,14 @@ def test_an_unknown_real_method_is_refused_before_any_work():
                        "max_prompt": 16, "max_response": 4})
 
 
+def test_per_example_gradients_of_a_large_prediction_are_refused_before_any_work():
+    from entangle_jax.bench import real
+
+    row = real.run_case({"task": "prediction", "method": "materialize", "eval_pairs": 64,
+                         "train_pairs": 256, "max_prompt": 16, "max_response": 4, "layers": 2})
+    assert row["not_run"].startswith("not run: needs ≈") and "time_s" not in row
+
+
 def test_real_plan_and_table():
     from entangle_jax.bench import real_suite
 
@@ -225,6 +238,13 @@ def test_real_plan_and_table():
     assert {c["method"] for c in big} == {"auto", "torch_func"} and all(
         c["rounds"] == 1 for c in big)
     assert not any(c["task"] == "kernel" and c["method"] == "auto" for c in quick)
+    big = [c for c in full if c["task"] == "prediction" and c.get("eval_pairs") == 64]
+    assert {c["method"] for c in big} == {"auto", "materialize"} and all(
+        c["rounds"] == 1 for c in big)
+    assert {c["method"] for c in quick if c["task"] == "prediction"} == {
+        "hf_loop", "materialize", "auto"} and not any(
+        c["task"] == "prediction" and c["method"] == "auto" and c["eval_pairs"] == 64
+        for c in quick)
     chosen = real_suite.plan(False, peers, tasks=("load", "pair_stats"))
     assert chosen == [c for c in full if c["task"] in ("load", "pair_stats")] and chosen
     stats = {"task": "pair_stats", "pairs": 4, "max_prompt": 128, "max_response": 64}

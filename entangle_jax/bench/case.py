@@ -70,9 +70,18 @@ def synthetic_pairs(n: int, seq_len: int, window: int, vocab: int, seed: int, su
     return Pairs(side(), side())
 
 
-def _entk_method(method: str, graphdef, params, train: Pairs, coef_w, coef_l):
+def prediction_coefficients(b: int) -> tuple[jax.Array, jax.Array]:
+    """``(c_w, c_l)`` ``[B]``: the training pairs' loss coefficients, uniform in [0.1, 1] (seed 3,
+    the same for every method)."""
+    return tuple(map(jnp.asarray, np.random.default_rng(3).uniform(0.1, 1.0, (2, b))
+                     .astype(np.float32)))
+
+
+def entk_method(method: str, graphdef, params, train: Pairs, coef_w, coef_l, *,
+                train_chunk: int | None = None, eval_chunk: int | None = None):
     """``pairs ↦ [2N]`` first-order changes ``⟨g_j, U⟩``, ``U = (1/B) Σ_i (c_w,i g_w,i −
-    c_l,i g_l,i)``, of the chosen then rejected responses of ``pairs``."""
+    c_l,i g_l,i)``, of the chosen then rejected responses of ``pairs``. ``auto``'s chunk sizes
+    (training pairs, evaluated responses) default to what fits the memory budget."""
     from entangle_jax.dynamics import batch_coefficient_update, update_changes
 
     if method == "auto":
@@ -80,8 +89,10 @@ def _entk_method(method: str, graphdef, params, train: Pairs, coef_w, coef_l):
         token_l = coef_l[:, None] * train.rejected.response_mask
 
         def run(pairs):
-            update = batch_coefficient_update(graphdef, params, train, token_w, token_l)
-            return update_changes(graphdef, params, pairs_as_responses(pairs), update)[1]
+            update = batch_coefficient_update(graphdef, params, train, token_w, token_l,
+                                              chunk_size=train_chunk)
+            return update_changes(graphdef, params, pairs_as_responses(pairs), update,
+                                  chunk_size=eval_chunk)[1]
         return run
     if method == "materialize":  # the peer: every per-example gradient, then the kernel
         grads = jax.jit(jax.vmap(jax.grad(partial(sequence_logprob, graphdef)),
@@ -173,9 +184,8 @@ def run_case(spec: dict) -> dict:
     if task == "entk_prediction":
         b = spec["train_pairs"]
         train = synthetic_pairs(b, cfg.model.max_len, window, cfg.model.vocab_size, 2, window - 1)
-        coef = tuple(map(jnp.asarray, np.random.default_rng(3).uniform(0.1, 1.0, (2, b))
-                         .astype(np.float32)))
-        run = _entk_method(method, graphdef, params, train, *coef)
+        coef = prediction_coefficients(b)
+        run = entk_method(method, graphdef, params, train, *coef)
     elif method.startswith("torch"):
         run, gap = _torch_method(task, cfg.model, graphdef, params, pairs)
     else:
@@ -199,7 +209,7 @@ def run_case(spec: dict) -> dict:
     peak = _peak_rss_mb()
     if task == "entk_prediction":  # after the peak: the other method's memory is not this row's
         other_method = "materialize" if method == "auto" else "auto"
-        reference = np.asarray(_entk_method(other_method, graphdef, params, train, *coef)(pairs))
+        reference = np.asarray(entk_method(other_method, graphdef, params, train, *coef)(pairs))
         agreement = float(np.max(np.abs(np.asarray(run(pairs)) - reference))
                           / np.max(np.abs(reference)))
     flops = lower_bound_flops(task, params, cfg.model.max_len, n, window,

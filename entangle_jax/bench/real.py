@@ -6,7 +6,8 @@ pairs of the learning-dynamics helpful-base test file, chat-formatted (``encode_
 keep their last ``max_prompt`` tokens, responses their first ``max_response``). The JAX methods and
 the PyTorch peers (``bench.hf_peers``) get the same token ids.
 
-Spec: ``{"task": "pair_stats" | "token_gram" | "kernel" | "load", "method": …, …}`` with
+Spec: ``{"task": "pair_stats" | "token_gram" | "kernel" | "prediction" | "load", "method": …,
+…}`` with
 
 - ``pair_stats``: ``pairs`` (the first eval pairs), ``max_prompt``, ``max_response``;
 - ``token_gram``: ``response`` (R: the first eval pair whose two responses have ≥ R tokens, cut
@@ -15,6 +16,10 @@ Spec: ``{"task": "pair_stats" | "token_gram" | "kernel" | "load", "method": …,
   pairs, columns: the 2B responses of the first B training pairs, each pair's chosen then its
   rejected, so a smaller kernel is the top-left block of a larger one), ``max_prompt``,
   ``max_response``;
+- ``prediction``: the same N and B as ``kernel``: ``entangle predict``'s first-order changes
+  ``⟨g_n, U⟩`` of the 2N eval responses under ``U = (1/B) Σ_b (c_w,b g_w,b − c_l,b g_l,b)``
+  (``bench.case.entk_method``: ``auto`` never forms the kernel, ``materialize`` forms every
+  per-example gradient);
 - ``load``: ``method`` ``convert`` (``pretrained.convert``: GGUF parse, dequantize, convert, save)
   or ``cache`` (``load_pretrained`` when the cache exists), ``root`` (a cache folder);
 
@@ -159,14 +164,14 @@ def prepare_inputs(spec: dict, model):
     if task == "token_gram":
         r = spec["response"]
         return real_pairs(model, 1, 0, spec["max_prompt"], r, min_response=r)
-    if task == "kernel":
+    if task in ("kernel", "prediction"):
         from entangle_jax.bench.kernel import align
 
-        rows = interleaved(real_pairs(model, spec["eval_pairs"], 0, spec["max_prompt"],
-                                      spec["max_response"]))
-        cols = interleaved(real_pairs(model, spec["train_pairs"], TRAIN_OFFSET,
-                                      spec["max_prompt"], spec["max_response"]))
-        return align(rows, cols)
+        evals = real_pairs(model, spec["eval_pairs"], 0, spec["max_prompt"], spec["max_response"])
+        train = real_pairs(model, spec["train_pairs"], TRAIN_OFFSET, spec["max_prompt"],
+                           spec["max_response"])
+        return (evals, train) if task == "prediction" else align(interleaved(evals),
+                                                                 interleaved(train))
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -175,6 +180,11 @@ def _size(task: str, inputs) -> dict:
         rows, cols = inputs
         return {"rows": int(rows.tokens.shape[0]), "cols": int(cols.tokens.shape[0]),
                 "seq_len": int(rows.tokens.shape[-1]), "window": int(rows.window)}
+    if task == "prediction":
+        evals, train = inputs
+        return {"rows": 2 * len(evals), "cols": 2 * len(train),
+                "seq_len": int(evals.chosen.tokens.shape[-1]),
+                "train_seq_len": int(train.chosen.tokens.shape[-1])}
     return {"n_pairs": len(inputs), "seq_len": int(inputs.chosen.tokens.shape[-1]),
             "window": int(inputs.chosen.window),
             "response_tokens": int(np.asarray(inputs.chosen.length).sum()
@@ -213,6 +223,8 @@ def jax_calls(spec: dict, graphdef, params, inputs):
                                              implementation=method)
         return call, call, lambda tg: {"gram": union_gram(tg.cross[0], tg.chosen[0],
                                                           tg.rejected[0])}
+    if task == "prediction":
+        return _prediction_calls(method, graphdef, params, *inputs)
     rows, cols = inputs
     if method == "materialize":
         _refuse_if_too_big(int(rows.tokens.shape[0]) * 4 * sum(
@@ -225,6 +237,35 @@ def jax_calls(spec: dict, graphdef, params, inputs):
     return (lambda: call(rows[:warm_r], cols[:warm_c])), (lambda: call(rows, cols)), _kernel_out
 
 
+def _prediction_calls(method: str, graphdef, params, evals, train):
+    """``jax_calls`` of a ``prediction`` case. ``auto``'s chunks are fixed first, so the warm-up
+    (one chunk of training pairs, one of responses) compiles what the timed call runs."""
+    from entangle_jax import dynamics
+    from entangle_jax.bench.case import entk_method, prediction_coefficients
+    from entangle_jax.gradients import pairs_as_responses
+
+    coef = prediction_coefficients(len(train))
+    p_bytes = 4 * sum(x.size for x in jax.tree.leaves(params))
+    if method == "materialize":
+        _refuse_if_too_big((2 * len(train) + 2 * len(evals)) * p_bytes,
+                           "the per-example gradients of every response")
+        run = entk_method(method, graphdef, params, train, *coef)  # every call forms them all
+        return (lambda: run(evals)), (lambda: run(evals)), _changes_out
+    if method != "auto":
+        raise ValueError(f"unknown method {method!r} for prediction")
+    train_chunk = dynamics.update_chunk_size(graphdef, params, train)
+    eval_chunk = dynamics.changes_chunk_size(graphdef, params, pairs_as_responses(evals))
+    chunks = {"train_chunk": train_chunk, "eval_chunk": eval_chunk}
+    run = entk_method(method, graphdef, params, train, *coef, **chunks)
+    warm = entk_method(method, graphdef, params, train[:train_chunk],
+                       *(c[:train_chunk] for c in coef), **chunks)
+    return (lambda: warm(evals[:-(-eval_chunk // 2)])), (lambda: run(evals)), _changes_out
+
+
+def _changes_out(changes) -> dict:
+    return {"changes": np.asarray(changes, np.float64)}
+
+
 def torch_calls(spec: dict, model, inputs):
     """``(warm-up call, timed call, outputs)`` of a transformers method (``NotRun`` when it
     would not fit memory)."""
@@ -233,7 +274,8 @@ def torch_calls(spec: dict, model, inputs):
 
     p_bytes = 4 * hf_peers.n_params(model)
     task, method = spec["task"], spec["method"]
-    if method not in TORCH_METHODS or (task == "token_gram" and method != "hf_loop"):
+    if method not in TORCH_METHODS or (task in ("token_gram", "prediction")
+                                       and method != "hf_loop"):
         raise ValueError(f"unknown transformers method {method!r} for {task}")
     if task == "pair_stats":
         pairs = inputs
@@ -251,6 +293,18 @@ def torch_calls(spec: dict, model, inputs):
         call = lambda: hf_peers.loop_token_gram(model, pair.chosen, pair.rejected,  # noqa: E731
                                                 TOKEN_LOOP_HOLD)
         return warm, call, dict
+    if task == "prediction":  # the loop's kernel times the coefficients
+        from entangle_jax.bench.case import prediction_coefficients
+        from entangle_jax.bench.kernel import as_responses
+
+        evals, train = inputs
+        rows, cols = as_responses(evals), as_responses(train)
+        weights = np.concatenate([np.asarray(c) * sign for c, sign in
+                                  zip(prediction_coefficients(len(train)), (1, -1))]) / len(train)
+        warm = lambda: hf_peers.loop_gradient(  # noqa: E731
+            model, np.asarray(rows.tokens)[0], int(rows.start[0]), 1)
+        return warm, lambda: hf_peers.loop_kernel(model, rows, cols)["kernel"] @ weights, \
+            _changes_out
     rows, cols = inputs
     if method == "hf_loop":
         call, outputs = (lambda r, c: hf_peers.loop_kernel(model, r, c)), dict  # noqa: E731

@@ -19,8 +19,14 @@ warm-up call on the first chunk, which compiles). Rows:
    (``hf_loop``, ``torch_func``, ``materialize``: per-example gradients from ``vmap(grad)``,
    ``stagewise``); at N = 64, B = 256 ours (``auto``, which runs ``stagewise`` there) and
    ``torch_func``, refused with the memory it would need.
-4. Agreement with the reference (``hf_loop``, float32), beside the times.
-5. ``load``: the first load from the wheel (``pretrained.convert``: GGUF parse, dequantize,
+4. ``prediction``: ``entangle predict``'s product of that kernel with the training pairs' loss
+   coefficients, ``⟨g_n, U⟩``, which it computes without the kernel (``auto``: one weighted
+   backward pass over the B pairs, one Jacobian-vector product per response): at a small size
+   against ``hf_loop`` (the loop's kernel times the coefficients) and ``materialize`` (every
+   per-example gradient from ``vmap(grad)``); at N = 64, B = 256 ``auto``, and ``materialize``
+   refused with the memory it would need.
+5. Agreement with the reference (``hf_loop``, float32), beside the times.
+6. ``load``: the first load from the wheel (``pretrained.convert``: GGUF parse, dequantize,
    convert, save) and a later load from that cache (``load_pretrained``).
 """
 
@@ -42,9 +48,9 @@ from tqdm.auto import tqdm
 
 #: Sizes of a full and of a quick run.
 FULL = {"pairs": 64, "token_response": 64, "kernel_small": (2, 8), "kernel_full": (64, 256),
-        "rounds": 3}
+        "prediction_small": (2, 4), "rounds": 3}
 QUICK = {"pairs": 4, "token_response": 8, "kernel_small": (1, 2), "kernel_full": (64, 256),
-         "rounds": 1}
+         "prediction_small": (1, 2), "rounds": 1}
 #: Token budgets of the pairs (prompt keeps its last tokens, response its first).
 BUDGETS = {"max_prompt": 128, "max_response": 64}
 #: Goals the table judges (on ``auto``; the kernel's at N = 64, B = 256).
@@ -93,6 +99,12 @@ def plan(quick: bool, peers: dict[str, str | None], rounds: int | None = None,
         cases.append({**full, "method": "auto"})
     if hf:  # refused before any work: it would hold 128 per-example gradients
         cases.append({**full, "method": "torch_func"})
+    n, b = size["prediction_small"]
+    for m in (*(("hf_loop",) if hf else ()), "materialize", "auto"):
+        cases.append({**full, "task": "prediction", "eval_pairs": n, "train_pairs": b,
+                      "method": m, "rounds": rounds})
+    for m in (("auto",) if not quick else ()) + ("materialize",):  # materialize: refused
+        cases.append({**full, "task": "prediction", "method": m})
     return [c for c in cases if tasks is None or c["task"] in tasks]
 
 
@@ -139,7 +151,7 @@ def aggregate(spec: dict, runs: list[dict]) -> dict:
     firsts = [r["first_s"] for r in done if r.get("first_s") is not None]
     row["first_s"] = statistics.median(firsts) if firsts else None
     for key in ("compiles_warmup", "compiles_timed", "params", "n_pairs", "seq_len", "window",
-                "response_tokens", "rows", "cols"):
+                "response_tokens", "rows", "cols", "train_seq_len"):
         if key in done[0]:
             row[key] = done[0][key]
     if "compiles_timed" in row:
@@ -223,6 +235,10 @@ def add_comparisons(rows: list[dict]) -> None:
             continue
         if r["task"] == "pair_stats":
             r["agreement"] = pair_stats_errors(r["outputs"], ref["outputs"])
+        elif r["task"] == "prediction":
+            x, y = (np.asarray(o["changes"], np.float64) for o in (r["outputs"], ref["outputs"]))
+            r["agreement"] = {"of_max": float(np.max(np.abs(x - y)) / np.max(np.abs(y))),
+                              "entries": int(y.size)}
         else:
             name = "gram" if r["task"] == "token_gram" else "kernel"
             err, n = gram_error(r["outputs"][name], ref["outputs"][name], ref["outputs"])
@@ -254,7 +270,8 @@ def _goals(r: dict) -> list[str]:
     if r["task"] == "token_gram" and r.get("vs_loop") is not None:
         return [_judge(f"≥ {GOALS['token_gram_vs_loop']:g}× loop (its lower bound)",
                        r["vs_loop"] >= GOALS["token_gram_vs_loop"], f"{r['vs_loop']:.2f}×")]
-    if r["task"] == "kernel" and (r.get("eval_pairs"), r.get("train_pairs")) == FULL["kernel_full"]:
+    if r["task"] in ("kernel", "prediction") and (r.get("eval_pairs"), r.get("train_pairs")) \
+            == FULL["kernel_full"]:
         if "median_s" not in r:
             return [f"runs at N=64, B=256 in < 8 GB: NOT met ({r.get('error') or r.get('not_run')})"]
         return [_judge("runs at N=64, B=256 in < 8 GB", r["peak_rss_mb"] < GOALS["kernel_peak_mb"],
@@ -287,7 +304,7 @@ def run_real_benchmark(quick: bool = False, timeout: float = REAL_TIMEOUT, round
               "rounds": n_rounds, "budgets": BUDGETS, "rows": []}
     order = []
     for r in range(n_rounds):
-        for task in ("load", "pair_stats", "token_gram", "kernel"):
+        for task in ("load", "pair_stats", "token_gram", "kernel", "prediction"):
             group = [c for c in cases if c["task"] == task and c["rounds"] > r]
             if task != "load":  # rotate the order of a task's methods from round to round
                 group = group[r % len(group):] + group[:r % len(group)] if group else group
@@ -346,6 +363,8 @@ def _agreement_label(r: dict) -> str:
         return "reference" if r["method"] == "hf_loop" and r["task"] != "load" else ""
     if r["task"] == "pair_stats":
         return f"‖g_w‖² {a['sq_norm_w']:.1e} · ‖g_l‖² {a['sq_norm_l']:.1e} · ⟨g_w,g_l⟩ {a['inner']:.1e}"
+    if r["task"] == "prediction":
+        return f"{a['of_max']:.1e} of max ({a['entries']} changes)"
     name = "gram" if r["task"] == "token_gram" else "kernel"
     return (f"{a[name]:.1e} cos · {a['of_max']:.1e} of max ({a['entries']} entries)")
 

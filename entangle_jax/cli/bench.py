@@ -8,7 +8,7 @@ from entangle_jax.cli.common import positive_float, positive_int
 #: ``--model`` values: the pretrained models with real-model rows.
 REAL_MODELS = ("smollm2",)
 #: The real-model rows' tasks (``--tasks``).
-REAL_TASKS = ("load", "pair_stats", "token_gram", "kernel")
+REAL_TASKS = ("load", "pair_stats", "token_gram", "kernel", "prediction")
 
 
 def _tasks(text: str) -> tuple[str, ...]:
