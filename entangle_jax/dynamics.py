@@ -58,9 +58,13 @@ def _step_chunk(graphdef, params, pairs: Pairs, coef_w, coef_l, lrs):
         f_w = partial(sequence_logprob, graphdef, seq=pair.chosen)
         f_l = partial(sequence_logprob, graphdef, seq=pair.rejected)
         g_w, g_l = jax.grad(f_w)(params), jax.grad(f_l)(params)
-        # u = Σ_i c_w,i g_w^i − c_l,i g_l^i: the gradient of the coefficient-weighted surrogate
-        u = jax.grad(lambda p: jnp.vdot(c_w, token_logprobs(graphdef, p, pair.chosen))
-                     - jnp.vdot(c_l, token_logprobs(graphdef, p, pair.rejected)))(params)
+        # u = Σ_i c_w,i g_w^i − c_l,i g_l^i: with one coefficient a response, c_w g_w − c_l g_l;
+        # per token, the gradient of the coefficient-weighted surrogate (two more backward passes)
+        if c_w.ndim == 0:
+            u = jax.tree.map(lambda a, b: c_w * a - c_l * b, g_w, g_l)
+        else:
+            u = jax.grad(lambda p: jnp.vdot(c_w, token_logprobs(graphdef, p, pair.chosen))
+                         - jnp.vdot(c_l, token_logprobs(graphdef, p, pair.rejected)))(params)
 
         def moved(lr):  # every log-prob, the unmoved one too, through the same computation
             p = jax.tree.map(lambda x, d: x + lr.astype(x.dtype) * d, params, u)
@@ -188,14 +192,15 @@ def step_check(graphdef, params, pairs: Pairs, coef_w, coef_l, lrs: Sequence[flo
                                           copies=4 + len(lrs), passes=6 + 2 * len(lrs), cap=16)
     coef_w, coef_l = np.asarray(coef_w), np.asarray(coef_l)
     uniform = coef_w.ndim == 1
-    full_w = np.broadcast_to(coef_w[:, None] if uniform else coef_w, (n, window))
-    full_l = np.broadcast_to(coef_l[:, None] if uniform else coef_l, (n, window))
+    if coef_w.shape != ((n,) if uniform else (n, window)) or coef_l.shape != coef_w.shape:
+        raise ValueError(f"coefficients of shapes {coef_w.shape} and {coef_l.shape} for {n} "
+                         f"pairs: give [B] (one a response) or [B, {window}] (one a token)")
     dtype = jax.tree.leaves(params)[0].dtype
     lrs_arr = jnp.asarray(np.asarray(lrs, np.float64), dtype)
     if np.any(np.asarray(lrs) <= 0):
         raise ConfigError(f"step sizes {list(lrs)} are invalid: each must be > 0")
     out = map_chunks(lambda chunk: _step_chunk(graphdef, params, *chunk, lrs_arr),
-                     (pairs, jnp.asarray(full_w, dtype), jnp.asarray(full_l, dtype)), n,
+                     (pairs, jnp.asarray(coef_w, dtype), jnp.asarray(coef_l, dtype)), n,
                      chunk_size, progress=progress)
     logp_w, logp_l, sq_w, sq_l, inner, rate_w, rate_l, act_w, act_l = out
     nan = np.full(n, np.nan)
@@ -290,12 +295,15 @@ def batch_coefficient_update(graphdef, params, pairs: Pairs, coef_w, coef_l, *,
     if mesh is not None:
         chunk_size = padded_size(chunk_size, mesh)
         params, base = replicate((params, base), mesh)
-    coef_w, coef_l = jnp.asarray(coef_w), jnp.asarray(coef_l)
+    # sliced on the host: a device array's indexing is a dispatch per leaf and chunk
+    pairs, coef_w, coef_l = jax.device_get((pairs, coef_w, coef_l))
+    coef_w, coef_l = np.asarray(coef_w), np.asarray(coef_l)
     total = None
     for lo in range(0, n, chunk_size):
         idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
         real = (np.arange(lo, lo + chunk_size) < n)[:, None]
-        batch = (pairs[idx], jnp.where(real, coef_w[idx], 0), jnp.where(real, coef_l[idx], 0))
+        batch = (pairs[idx], np.where(real, coef_w[idx], 0).astype(coef_w.dtype),
+                 np.where(real, coef_l[idx], 0).astype(coef_l.dtype))
         chunk, c_w, c_l = batch if mesh is None else shard_batch(batch, mesh)
         part = _summed_update(params, chunk, c_w, c_l, base, graphdef=graphdef, subset=subset)
         total = part if total is None else jax.tree.map(jnp.add, total, part)
