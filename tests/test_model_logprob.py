@@ -55,3 +55,22 @@ def test_tied_embeddings_and_bias_options(tiny_data):
     _, params = nnx.split(init_model(cfg))
     tops = {str(p[0].key) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
     assert "unembed" not in tops and "unembed_bias" in tops
+
+
+def test_stacked_batches_of_other_widths_keep_every_logprob(tiny_ckpt, make_pairs):
+    """``stack_responses`` right-pads to the longest sequence and widest window: the log-probs of
+    the stacked batch, split back, are each batch's own."""
+    from entangle_jax.data.pairs import Responses, stack_responses
+    from entangle_jax.logprob import response_logprobs
+
+    wide = make_pairs(6, n=3).chosen
+    short = make_pairs(0, n=2).rejected
+    t = int(np.max(np.asarray(short.start) + np.asarray(short.length)))
+    short = Responses(short.tokens[:, :t], short.start, short.length, 1)
+    assert short.tokens.shape[1] < wide.tokens.shape[1] and short.window < wide.window
+    stacked, ends = stack_responses([short, wide])
+    assert stacked.tokens.shape == (5, wide.tokens.shape[1]) and list(ends) == [2, 5]
+    g, p = tiny_ckpt.graphdef, tiny_ckpt.params
+    got = np.split(response_logprobs(g, p, stacked), ends[:-1])
+    for part, batch in zip(got, (short, wide)):
+        np.testing.assert_allclose(part, response_logprobs(g, p, batch), rtol=1e-6, atol=1e-6)

@@ -48,7 +48,7 @@ import numpy as np
 from flax import nnx
 
 from entangle_jax import ghost, memory
-from entangle_jax.data.pairs import Pairs, Responses
+from entangle_jax.data.pairs import Pairs, Responses, stack_responses
 from entangle_jax.logprob import picked_logprobs, response_positions, sequence_logprob
 from entangle_jax.pytrees import leaf_keys
 
@@ -70,19 +70,10 @@ def as_responses(batch: Responses | Pairs) -> Responses:
 
 def align(a: Responses, b: Responses) -> tuple[Responses, Responses]:
     """Both batches on the host, right-padded to one sequence length and one response window
-    (right padding changes no log-prob: no real token attends to a later one). Chunks are then
-    sliced on the host, so no indexing compiles for each batch size."""
-    a, b = jax.device_get(a), jax.device_get(b)
-    t = max(a.tokens.shape[-1], b.tokens.shape[-1])
-    window = max(a.window, b.window)
-
-    def pad(r: Responses) -> Responses:
-        tokens = np.asarray(r.tokens)
-        fill = np.full((tokens.shape[0], t - tokens.shape[1]), tokens[0, -1], tokens.dtype)
-        return Responses(np.concatenate([tokens, fill], 1), np.asarray(r.start),
-                         np.asarray(r.length), window)
-
-    return pad(a), pad(b)
+    (``stack_responses``). Chunks are then sliced on the host, so no indexing compiles for each
+    batch size."""
+    stacked, ends = stack_responses([a, b])
+    return stacked[:ends[0]], stacked[ends[0]:]
 
 
 def _width(idx: np.ndarray) -> int:

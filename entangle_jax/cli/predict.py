@@ -235,16 +235,23 @@ def _entk_predictions(start, config, train, pairs_by_set, probes, labels, horizo
     both eNTK predictors at unit step size for each horizon T (SGD: linear in η; Adam too, its
     step being η·m̂/(√v̂+ε)). Adam's full-batch prediction takes the plain gradient direction:
     its preconditioner follows the batch order."""
+    import numpy as np
+
+    from entangle_jax.data.pairs import stack_responses
     from entangle_jax.predict import draw_batches, planned_update, predicted_changes
 
     pair_out, probe_out = {}, {}
+    # every response in one padded batch: one compiled jvp, not one per set and probe width
+    every = {**{(name, side): getattr(pairs, side) for name, pairs in pairs_by_set.items()
+                for side in ("chosen", "rejected")},
+             **{("probe", field): responses for field, responses in probes.items()}}
+    stacked, ends = stack_responses(list(every.values()))
 
     def predict(key, update):
-        pair_out[key] = {name: (predicted_changes(start, pairs.chosen, update),
-                                predicted_changes(start, pairs.rejected, update))
-                         for name, pairs in pairs_by_set.items()}
-        probe_out[key] = {field: predicted_changes(start, responses, update)
-                          for field, responses in probes.items()}
+        parts = dict(zip(every, np.split(predicted_changes(start, stacked, update), ends[:-1])))
+        pair_out[key] = {name: (parts[name, "chosen"], parts[name, "rejected"])
+                         for name in pairs_by_set}
+        probe_out[key] = {field: parts["probe", field] for field in probes}
 
     for steps in horizons:
         at = dataclasses.replace(config, steps=steps)
@@ -262,14 +269,20 @@ def _real_changes(ckpt, config, source, pairs_by_set, probes, horizons,
                   timer) -> tuple[dict, dict]:
     """``({T: {set: Δlog π_w}}, {T: {probe field: Δlog π}})`` after a real run of T steps from
     the start (each a separate run of ``train_preference``, the same seed)."""
+    import numpy as np
+
+    from entangle_jax.data.pairs import stack_responses
     from entangle_jax.logprob import response_logprobs, sequence_logps
     from entangle_jax.train.preference import train_preference
+
+    fields = list(probes)
+    stacked, ends = stack_responses([probes[f] for f in fields]) if fields else (None, None)
 
     def logps(params):
         return ({name: sequence_logps(ckpt.graphdef, params, pairs)[0]
                  for name, pairs in pairs_by_set.items()},
-                {field: response_logprobs(ckpt.graphdef, params, responses)
-                 for field, responses in probes.items()})
+                {} if not fields else dict(zip(fields, np.split(
+                    response_logprobs(ckpt.graphdef, params, stacked), ends[:-1]))))
 
     before = logps(ckpt.params)
     pair_out, probe_out = {}, {}

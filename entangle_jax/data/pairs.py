@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
@@ -68,6 +69,27 @@ class Pairs:
 
     def __getitem__(self, index) -> "Pairs":
         return Pairs(self.chosen[index], self.rejected[index])
+
+
+def stack_responses(batches: Sequence[Responses]) -> tuple[Responses, np.ndarray]:
+    """``(stacked, ends)``: the batches as one on the host, right-padded to the longest sequence
+    and the widest response window (right padding changes no log-prob: no real token attends to
+    a later one), and the row where each batch ends (``np.split(values, ends[:-1])`` splits
+    per-row results back). One batch means one compiled shape for all of them."""
+    batches = [jax.device_get(b) for b in batches]
+    if not batches:
+        raise ValueError("stack_responses needs at least one batch")
+    t = max(b.tokens.shape[-1] for b in batches)
+    window = max(b.window for b in batches)
+
+    def padded(tokens: np.ndarray) -> np.ndarray:
+        fill = np.full((tokens.shape[0], t - tokens.shape[1]), 0, tokens.dtype)
+        return np.concatenate([tokens, fill], 1)
+
+    stacked = Responses(np.concatenate([padded(np.asarray(b.tokens)) for b in batches]),
+                        np.concatenate([np.asarray(b.start) for b in batches]),
+                        np.concatenate([np.asarray(b.length) for b in batches]), window)
+    return stacked, np.cumsum([b.tokens.shape[0] for b in batches])
 
 
 def pack_responses(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
