@@ -33,7 +33,8 @@ def add_parser(subparsers) -> None:
                     "idle 2-core CPU; --quick a few minutes. With --model smollm2: the real-model "
                     "rows instead (SmolLM2-135M-Instruct on real HH-RLHF pairs against "
                     "transformers' per-pair and per-token backward loops and torch.func, the "
-                    "cross-pair kernel, load times; docs/performance.md), written to "
+                    "cross-pair kernel and entangle predict's first-order changes, load times; "
+                    "docs/performance.md), written to "
                     "OUT/bench-smollm2.json and .md: hours in full on 2 cores, --quick ~15 min. "
                     "Exit status 0 when at least one case ran, 1 when every case failed or timed "
                     "out, 2 on bad input.")
