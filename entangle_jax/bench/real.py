@@ -240,14 +240,13 @@ def jax_calls(spec: dict, graphdef, params, inputs):
 def _prediction_calls(method: str, graphdef, params, evals, train):
     """``jax_calls`` of a ``prediction`` case. ``auto``'s chunks are fixed first, so the warm-up
     (one chunk of training pairs, one of responses) compiles what the timed call runs."""
-    from entangle_jax import dynamics
+    from entangle_jax import dynamics, memory
     from entangle_jax.bench.case import entk_method, prediction_coefficients
     from entangle_jax.gradients import pairs_as_responses
 
     coef = prediction_coefficients(len(train))
-    p_bytes = 4 * sum(x.size for x in jax.tree.leaves(params))
     if method == "materialize":
-        _refuse_if_too_big((2 * len(train) + 2 * len(evals)) * p_bytes,
+        _refuse_if_too_big((2 * len(train) + 2 * len(evals)) * memory.tree_bytes(params),
                            "the per-example gradients of every response")
         run = entk_method(method, graphdef, params, train, *coef)  # every call forms them all
         return (lambda: run(evals)), (lambda: run(evals)), _changes_out
