@@ -23,6 +23,18 @@ def check_chunk_size(chunk_size) -> None:
         raise ConfigError(f"chunk_size={chunk_size!r} is invalid: must be a positive integer")
 
 
+def chunk_indices(n: int, chunk_size: int) -> list[np.ndarray]:
+    """Row indices of the chunks of ``chunk_size`` rows covering ``0 … n−1``; the last chunk is
+    padded by repeating row ``n − 1``, so every chunk has ``chunk_size`` rows."""
+    check_chunk_size(chunk_size)
+    return [np.minimum(np.arange(lo, lo + chunk_size), n - 1) for lo in range(0, n, chunk_size)]
+
+
+def real_rows(idx: np.ndarray, n: int) -> np.ndarray:
+    """``[chunk_size]`` mask of a ``chunk_indices`` chunk's rows that are not padding."""
+    return np.arange(idx[0], idx[0] + len(idx)) < n
+
+
 def _take(batch, idx: np.ndarray, rows: int):
     return batch if np.array_equal(idx, np.arange(rows)) else jax.tree.map(lambda x: x[idx], batch)
 
@@ -32,15 +44,14 @@ def map_chunks(fn: Callable, batch, n: int, chunk_size: int, *,
     """``fn(chunk)`` over chunks of ``chunk_size`` rows of the pytree ``batch`` (``n`` rows; each
     chunk sharded over ``mesh`` when given), its per-row outputs concatenated on the host.
     ``progress(rows done)`` is called after each chunk."""
-    check_chunk_size(chunk_size)
     batch = jax.device_get(batch)
     outs = []
-    for lo in range(0, n, chunk_size):
-        chunk = _take(batch, np.minimum(np.arange(lo, lo + chunk_size), n - 1), n)
+    for idx in chunk_indices(n, chunk_size):
+        chunk = _take(batch, idx, n)
         outs.append(jax.device_get(fn(chunk if mesh is None else shard_batch(chunk, mesh))))
         if progress is not None:
-            progress(min(lo + chunk_size, n))
+            progress(min(int(idx[0]) + chunk_size, n))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
 
 
-__all__ = ["check_chunk_size", "map_chunks"]
+__all__ = ["check_chunk_size", "chunk_indices", "map_chunks", "real_rows"]

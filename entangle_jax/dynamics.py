@@ -25,7 +25,7 @@ import optax
 from flax import nnx, struct
 
 from entangle_jax import memory
-from entangle_jax.chunking import map_chunks
+from entangle_jax.chunking import chunk_indices, map_chunks, real_rows
 from entangle_jax.condition import GradientCondition, case_fractions, case_of, gradient_condition
 from entangle_jax.config import ConfigError
 from entangle_jax.data.pairs import Pairs, Responses
@@ -299,9 +299,8 @@ def batch_coefficient_update(graphdef, params, pairs: Pairs, coef_w, coef_l, *,
     pairs, coef_w, coef_l = jax.device_get((pairs, coef_w, coef_l))
     coef_w, coef_l = np.asarray(coef_w), np.asarray(coef_l)
     total = None
-    for lo in range(0, n, chunk_size):
-        idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
-        real = (np.arange(lo, lo + chunk_size) < n)[:, None]
+    for idx in chunk_indices(n, chunk_size):
+        real = real_rows(idx, n)[:, None]
         batch = (pairs[idx], np.where(real, coef_w[idx], 0).astype(coef_w.dtype),
                  np.where(real, coef_l[idx], 0).astype(coef_l.dtype))
         chunk, c_w, c_l = batch if mesh is None else shard_batch(batch, mesh)

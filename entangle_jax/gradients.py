@@ -40,7 +40,7 @@ import optax
 from flax import nnx, struct
 
 from entangle_jax import ghost, memory
-from entangle_jax.chunking import check_chunk_size, map_chunks
+from entangle_jax.chunking import check_chunk_size, chunk_indices, map_chunks
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.logprob import sequence_logprob, token_logprobs
 from entangle_jax.pytrees import leaf_keys, leaf_vdots
@@ -356,10 +356,9 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
     host = jax.device_get(batch)  # sliced on the host: no device dispatch per slice
     place = (lambda b: b) if mesh is None else (lambda b: shard_batch(b, mesh))  # noqa: E731
 
-    def block(lo: int) -> list:
-        """The gradients (or features) of the chunk at ``lo`` as ``parts`` sub-blocks (the last
-        chunk padded by repetition)."""
-        idx = np.minimum(np.arange(lo, lo + chunk_size), n - 1)
+    def block(idx: np.ndarray) -> list:
+        """The gradients (or features) of the rows ``idx`` (a padded chunk) as ``parts``
+        sub-blocks."""
         pieces = [place(host[idx[k * sub:(k + 1) * sub]]) for k in range(parts)]
         return list(_POOL.map(lambda piece: jax.block_until_ready(block_of(piece)), pieces))
 
@@ -374,12 +373,13 @@ def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int
                 k[j * sub:(j + 1) * sub, i * sub:(i + 1) * sub] = g.T
         return k
 
-    starts = range(0, n, chunk_size)
+    chunks = chunk_indices(n, chunk_size)
     gram = np.zeros((n, n), np.float64)
-    for i, lo in enumerate(starts):
-        rows = block(lo)
-        for hi in list(starts)[i:]:
-            k = cross(rows, rows if hi == lo else block(hi), diagonal=hi == lo)
+    for i, row_idx in enumerate(chunks):
+        lo, rows = int(row_idx[0]), block(row_idx)
+        for col_idx in chunks[i:]:
+            hi = int(col_idx[0])
+            k = cross(rows, rows if hi == lo else block(col_idx), diagonal=hi == lo)
             k = k[:min(chunk_size, n - lo), :min(chunk_size, n - hi)]
             gram[lo:lo + k.shape[0], hi:hi + k.shape[1]] = k
             gram[hi:hi + k.shape[1], lo:lo + k.shape[0]] = k.T

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from entangle_jax.chunking import chunk_indices, real_rows
+
 
 def load_model(layers: int | None = None, attention: str | None = None):
     """transformers' ``LlamaForCausalLM`` of SmolLM2 from the wheel's GGUF file (float32, eval
@@ -198,8 +200,7 @@ def func_pair_stats(model, chosen, rejected, chunk: int) -> dict[str, list[float
     (tw, sw, lw, window), (tl, sl, ll, _) = host(chosen), host(rejected)
     n = len(sw)
     out = {k: [] for k in ("sq_norm_w", "sq_norm_l", "inner")}
-    for lo in range(0, n, chunk):
-        idx = np.minimum(np.arange(lo, lo + chunk), n - 1)
+    for idx in chunk_indices(n, chunk):
         grads = _func_grads(model, np.concatenate([tw[idx], tl[idx]]),
                             np.concatenate([sw[idx], sl[idx]]),
                             np.concatenate([lw[idx], ll[idx]]), window)
@@ -210,7 +211,7 @@ def func_pair_stats(model, chosen, rejected, chunk: int) -> dict[str, list[float
             sq_w = sq_w + (g_w * g_w).sum(1).double()
             sq_l = sq_l + (g_l * g_l).sum(1).double()
             inner = inner + (g_w * g_l).sum(1).double()
-        width = min(chunk, n - lo)
+        width = int(real_rows(idx, n).sum())
         out["sq_norm_w"] += sq_w[:width].tolist()
         out["sq_norm_l"] += sq_l[:width].tolist()
         out["inner"] += inner[:width].tolist()

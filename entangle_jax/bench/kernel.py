@@ -48,6 +48,7 @@ import numpy as np
 from flax import nnx
 
 from entangle_jax import ghost, memory
+from entangle_jax.chunking import chunk_indices
 from entangle_jax.data.pairs import Pairs, Responses, stack_responses
 from entangle_jax.logprob import picked_logprobs, response_positions, sequence_logprob
 from entangle_jax.pytrees import leaf_keys
@@ -77,13 +78,8 @@ def align(a: Responses, b: Responses) -> tuple[Responses, Responses]:
 
 
 def _width(idx: np.ndarray) -> int:
-    """The distinct rows of a chunk from ``_chunks`` (a padded chunk repeats its final row)."""
+    """The distinct rows of a chunk from ``chunk_indices`` (a padded chunk repeats its final row)."""
     return int(idx[-1] - idx[0]) + 1
-
-
-def _chunks(n: int, size: int) -> list[np.ndarray]:
-    """Index arrays of ``size`` rows covering ``0..n-1`` (the last repeats its final row)."""
-    return [np.minimum(np.arange(lo, lo + size), n - 1) for lo in range(0, n, size)]
 
 
 _contract = jax.jit(lambda a, b: sum(ghost.row_gram(x, y)
@@ -101,12 +97,12 @@ def _per_example_grads(graphdef, params, batch: Responses):
 
 def _materialize(graphdef, params, rows: Responses, cols: Responses, chunk: int) -> np.ndarray:
     n_r, n_c = int(rows.tokens.shape[0]), int(cols.tokens.shape[0])
-    row_chunks = _chunks(n_r, chunk)
+    row_chunks = chunk_indices(n_r, chunk)
     held = [_per_example_grads(graphdef, params, rows[idx]) for idx in row_chunks]
     out = np.zeros((len(row_chunks) * chunk, n_c))
-    for lo, idx in zip(range(0, n_c, chunk), _chunks(n_c, chunk)):
+    for idx in chunk_indices(n_c, chunk):
         g = _per_example_grads(graphdef, params, cols[idx])
-        width = min(chunk, n_c - lo)
+        lo, width = int(idx[0]), _width(idx)
         for i, h in enumerate(held):
             out[i * chunk:(i + 1) * chunk, lo:lo + width] = np.asarray(_contract(h, g))[:, :width]
     return out[:n_r]
@@ -198,8 +194,8 @@ def _stagewise(graphdef, params, rows: Responses, cols: Responses, chunk: int, e
     n_r, n_c = int(rows.tokens.shape[0]), int(cols.tokens.shape[0])
     seqs = jax.tree.map(lambda a, b: np.concatenate([a, b]), rows, cols)
     n = n_r + n_c
-    row_chunks = _chunks(n_r, chunk)
-    col_chunks = [idx + n_r for idx in _chunks(n_c, chunk)]
+    row_chunks = chunk_indices(n_r, chunk)
+    col_chunks = [idx + n_r for idx in chunk_indices(n_c, chunk)]
     every = row_chunks + col_chunks
     out = np.zeros((n_r, n_c))
 
@@ -272,10 +268,10 @@ def _stagewise(graphdef, params, rows: Responses, cols: Responses, chunk: int, e
                            store.get(n_blocks, idx), cot.get(0, idx), seqs[idx])
 
     for g_lo in range(0, n_r, group):
-        group_chunks = [idx + g_lo for idx in _chunks(min(group, n_r - g_lo), ends_chunk)]
+        group_chunks = [idx + g_lo for idx in chunk_indices(min(group, n_r - g_lo), ends_chunk)]
         group_chunks = [np.minimum(idx, n_r - 1) for idx in group_chunks]
         held = [ends_of(idx) for idx in group_chunks]
-        for idx_c in [idx + n_r for idx in _chunks(n_c, ends_chunk)]:
+        for idx_c in [idx + n_r for idx in chunk_indices(n_c, ends_chunk)]:
             g = ends_of(idx_c)
             for idx_r, h in zip(group_chunks, held):
                 place(idx_r, idx_c, _contract(h, g))
