@@ -71,8 +71,10 @@ figures: $(STAMP)
 figures-real: $(STAMP)
 	$(BIN)/entangle figures --real
 
+# Two pytest workers, a test file each at a time (its module fixtures are built once): most of the
+# suite is XLA compilation, which keeps one core busy.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # pycodestyle and pyflakes rules (pyproject.toml [tool.ruff]); CI runs it before the tests
 lint: $(STAMP)

@@ -1,6 +1,9 @@
 """Shared tiny fixtures: a small model and a briefly fine-tuned checkpoint."""
 
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 from hypothesis import settings
@@ -20,6 +23,29 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
 # (segfault in jax's put_executable_and_time, test_verify_cli). The suite runs without it; the
 # cache's own tests set the variable themselves.
 os.environ.setdefault("ENTANGLE_JAX_COMPILATION_CACHE", "off")
+
+# The tests check mathematics, not machine code: XLA's backend (LLVM) optimizations are turned off,
+# which cuts the suite's compile time, most of its run time, by about a third. Tests marked
+# `full_codegen` (the miscompilation guards, which are about the code users run) rerun themselves
+# in a pytest process with XLA's default flags.
+FAST_CODEGEN = "--xla_backend_optimization_level=0"
+FULL_CODEGEN = "ENTANGLE_JAX_TEST_FULL_CODEGEN"
+if os.environ.get(FULL_CODEGEN) != "1":
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_CODEGEN}".strip()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    if pyfuncitem.get_closest_marker("full_codegen") is None or os.environ.get(FULL_CODEGEN) == "1":
+        return None
+    flags = os.environ["XLA_FLAGS"].replace(FAST_CODEGEN, "").strip()
+    env = {**os.environ, FULL_CODEGEN: "1", "XLA_FLAGS": flags}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:xdist", "-m", "full_codegen", pyfuncitem.nodeid],
+                          cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert re.search(r"^1 passed", done.stdout, re.M), done.stdout[-2000:]
+    return True
 
 TINY_MODEL = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_mlp=32)
 TINY_DATA = DataConfig(n_statements=200, n_unused_words=16)

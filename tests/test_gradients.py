@@ -1,6 +1,8 @@
 """The gradient geometry against independent computations: plain loops, finite differences,
 the closed form of the output layer, and per-token loops."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,6 +104,12 @@ def test_token_gram_matches_a_per_token_loop_and_sums_to_inner(tiny_ckpt, make_p
     np.testing.assert_allclose(grams.chosen.sum((1, 2)), geo.sq_norm_w, rtol=1e-4)
 
 
+@pytest.mark.full_codegen
+def test_full_codegen_tests_run_with_xlas_default_optimizations():
+    assert "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
+
+
+@pytest.mark.full_codegen
 def test_token_gram_on_a_4_layer_width_256_model(tiny_data):
     """The size at which jaxlib's CPU backend was seen to miscompile jit(jacrev) (docs/design.md §3)."""
     cfg = ModelConfig(vocab_size=len(tiny_data.vocab), d_model=256, n_layers=4, n_heads=4,

@@ -193,6 +193,7 @@ def test_unknown_implementation_is_refused(model):
         pair_geometry(graphdef, params, pairs, implementation="ghosts")
 
 
+@pytest.mark.full_codegen
 def test_fast_strategies_on_the_4_layer_width_256_model(tiny_data):
     """At the size where jit(jacrev) was seen to miscompile, the fast strategies' token Grams and
     ⟨g_w, g_l⟩ equal one jitted grad per response token, contracted in float64 (materialize is
