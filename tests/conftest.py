@@ -25,9 +25,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
 os.environ.setdefault("ENTANGLE_JAX_COMPILATION_CACHE", "off")
 
 # The tests check mathematics, not machine code: XLA's backend (LLVM) optimizations are turned off,
-# which cuts the suite's compile time, most of its run time, by about a third. Tests marked
-# `full_codegen` (the miscompilation guards, which are about the code users run) rerun themselves
-# in a pytest process with XLA's default flags.
+# which cuts the suite's CPU time, mostly compilation, by about a quarter (docs/performance.md).
+# Tests marked `full_codegen` (the miscompilation guards, which are about the code users run)
+# rerun themselves in a pytest process with XLA's default flags; ENTANGLE_JAX_TEST_FULL_CODEGEN=1
+# runs the whole suite with them.
 FAST_CODEGEN = "--xla_backend_optimization_level=0"
 FULL_CODEGEN = "ENTANGLE_JAX_TEST_FULL_CODEGEN"
 if os.environ.get(FULL_CODEGEN) != "1":
@@ -36,6 +37,7 @@ if os.environ.get(FULL_CODEGEN) != "1":
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem):
+    """A `full_codegen` test outside such a process: run it in one and pass if it passes there."""
     if pyfuncitem.get_closest_marker("full_codegen") is None or os.environ.get(FULL_CODEGEN) == "1":
         return None
     flags = os.environ["XLA_FLAGS"].replace(FAST_CODEGEN, "").strip()
@@ -46,6 +48,7 @@ def pytest_pyfunc_call(pyfuncitem):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert re.search(r"^1 passed", done.stdout, re.M), done.stdout[-2000:]
     return True
+
 
 TINY_MODEL = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_mlp=32)
 TINY_DATA = DataConfig(n_statements=200, n_unused_words=16)
