@@ -269,7 +269,6 @@ def _stagewise(graphdef, params, rows: Responses, cols: Responses, chunk: int, e
 
     for g_lo in range(0, n_r, group):
         group_chunks = [idx + g_lo for idx in chunk_indices(min(group, n_r - g_lo), ends_chunk)]
-        group_chunks = [np.minimum(idx, n_r - 1) for idx in group_chunks]
         held = [ends_of(idx) for idx in group_chunks]
         for idx_c in [idx + n_r for idx in chunk_indices(n_c, ends_chunk)]:
             g = ends_of(idx_c)
