@@ -144,10 +144,16 @@ class OneStepCheck:
 
     def error_order(self) -> float:
         """The slope of log(mean error) against log(η) over the step sizes: 2 for an O(η²) error
-        (halving η quarters it). NaN with fewer than two step sizes."""
+        (halving η quarters it). NaN with fewer than two step sizes; the step sizes must be
+        positive (``select`` them)."""
         if len(self.lrs) < 2:
             return float("nan")
         return float(np.polyfit(np.log(self.lrs), np.log(self.mean_error()), 1)[0])
+
+    def select(self, ks) -> "OneStepCheck":
+        """The same check restricted to the step sizes ``lrs[ks]`` (an index array or slice)."""
+        return self.replace(lrs=self.lrs[ks], actual_w=self.actual_w[ks],
+                            actual_l=self.actual_l[ks])
 
     def summary(self, k: int = 0) -> dict:
         """The headline numbers at ``lrs[k]`` (JSON-ready)."""
@@ -184,7 +190,8 @@ def step_check(graphdef, params, pairs: Pairs, coef_w, coef_l, lrs: Sequence[flo
     """For every pair alone: the update ``u = Σ_i c_w,i g_w^i − c_l,i g_l^i`` (coefficients ``[B]``,
     the same on every token, or ``[B, W]`` per token), its first-order rates ⟨g_w, u⟩, ⟨g_l, u⟩,
     and the real changes of log π_w, log π_l after ``θ + η u`` for each η in ``lrs`` (may be
-    empty: rates and geometry only). By default as many pairs at once as fit the memory budget
+    empty: rates and geometry only; a negative η steps against the update, from the same
+    gradients). By default as many pairs at once as fit the memory budget
     (each holds three gradients and a moved copy of the parameters per step size), up to 16."""
     n, window = len(pairs), pairs.chosen.window
     if chunk_size is None:
@@ -197,8 +204,8 @@ def step_check(graphdef, params, pairs: Pairs, coef_w, coef_l, lrs: Sequence[flo
                          f"pairs: give [B] (one a response) or [B, {window}] (one a token)")
     dtype = jax.tree.leaves(params)[0].dtype
     lrs_arr = jnp.asarray(np.asarray(lrs, np.float64), dtype)
-    if np.any(np.asarray(lrs) <= 0):
-        raise ConfigError(f"step sizes {list(lrs)} are invalid: each must be > 0")
+    if not np.all(np.isfinite(lrs)) or np.any(np.asarray(lrs) == 0):
+        raise ConfigError(f"step sizes {list(lrs)} are invalid: each must be finite and nonzero")
     out = map_chunks(lambda chunk: _step_chunk(graphdef, params, *chunk, lrs_arr),
                      (pairs, jnp.asarray(coef_w, dtype), jnp.asarray(coef_l, dtype)), n,
                      chunk_size, progress=progress)

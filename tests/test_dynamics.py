@@ -187,6 +187,24 @@ def test_token_coefficients_match_token_grams(make_pairs, tiny_ckpt):
     assert np.all(np.isnan(check.d_w)) and np.array_equal(uniform.d_w, d)
 
 
+def test_negative_step_is_the_reversed_update(make_pairs, tiny_ckpt):
+    """A step of −η on u moves the parameters as a step of η on −u (the verify claim's negative
+    control is taken that way, from the same gradients): the two real changes agree, and
+    ``select`` keeps the chosen step sizes' rows."""
+    pairs = make_pairs(4, 2)
+    d = np.full(len(pairs), 0.5)
+    both = step_check(tiny_ckpt.graphdef, tiny_ckpt.params, pairs, d, d, [1e-2, -1e-2])
+    reverse = step_check(tiny_ckpt.graphdef, tiny_ckpt.params, pairs, -d, -d, [1e-2])
+    back = both.select([1])
+    assert back.lrs.tolist() == [-1e-2] and both.select(slice(0, 1)).lrs.tolist() == [1e-2]
+    np.testing.assert_allclose(back.actual_w[0], reverse.actual_w[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(back.actual_l[0], reverse.actual_l[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(back.actual_case(0), reverse.actual_case(0))
+    np.testing.assert_allclose(back.predicted(0)[0], reverse.predicted(0)[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="finite and nonzero"):
+        step_check(tiny_ckpt.graphdef, tiny_ckpt.params, pairs, d, d, [1e-2, 0.0])
+
+
 def test_cli_dynamics_writes_json_and_table(tmp_path, tiny_ckpt, capsys):
     save_checkpoint(tmp_path / "ckpt", tiny_ckpt)
     out = tmp_path / "out"

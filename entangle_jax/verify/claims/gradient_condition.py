@@ -6,7 +6,7 @@ pair alone, ``u = d_w g_w − d_l g_l`` (π_ref = the model itself, so d_w = d_l
 
     Δlog π_w ≈ η (d_w‖g_w‖² − d_l⟨g_w,g_l⟩),   Δlog π_l ≈ η (d_w⟨g_w,g_l⟩ − d_l‖g_l‖²).
 
-``dynamics.one_step_check`` takes real steps of η, η/2, η/4, η/8, with η set so that the median
+``dynamics.step_check`` takes real steps of η, η/2, η/4, η/8, with η set so that the median
 pair's larger predicted change is 0.05 (``condition.auto_learning_rate``). Checks, all of which must
 pass (rules fixed here):
 
@@ -22,8 +22,9 @@ pass (rules fixed here):
 The condition is a statement about one pair's own step. How pairs move in a batched run, where
 the other pairs' terms act too, is the claim ``batched_dynamics``.
 
-Negative control: a real step of the reversed update (ascent on the DPO loss), on which check 4
-must fail — case 4 is then the rule, which shows the check can see it.
+Negative control: a real step of the reversed update (ascent on the DPO loss: step size −η, from
+the same gradients), on which check 4 must fail — case 4 is then the rule, which shows the check
+can see it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from entangle_jax.condition import auto_learning_rate, gradient_condition
-from entangle_jax.dynamics import one_step_check, step_check
+from entangle_jax.dynamics import step_check
 from entangle_jax.objectives import get_objective
 from entangle_jax.verify import stats
 from entangle_jax.verify.claims.base import Claim, check, column
@@ -57,13 +58,15 @@ def dpo_step_size(ctx: ModelContext, suffix_length: int) -> tuple[float, np.ndar
 
 
 def dpo_one_step(ctx: ModelContext, suffix_length: int):
-    """``(OneStepCheck, d_w, d_l)``: real DPO steps of η·2^-k (k = 0..HALVINGS) on every pair
-    alone (computed once per model and shared with the mitigation claim's control)."""
+    """``(steps, reverse, d_w, d_l)``: real DPO steps of η·2^-k (k = 0..HALVINGS) on every pair
+    alone, and the reversed step of −η (ascent on the DPO loss: the negative control), all from
+    one computation of each pair's gradients. Computed once per model and shared with the
+    mitigation claim's control."""
     def compute():
         eta, d_w, d_l = dpo_step_size(ctx, suffix_length)
-        step = one_step_check(ctx.graphdef, ctx.params, ctx.pairs(suffix_length),
-                              get_objective("dpo"), eta * 2.0 ** -np.arange(HALVINGS + 1))
-        return step, d_w, d_l
+        lrs = np.append(eta * 2.0 ** -np.arange(HALVINGS + 1), -eta)
+        step = step_check(ctx.graphdef, ctx.params, ctx.pairs(suffix_length), d_w, d_l, lrs)
+        return step.select(slice(0, HALVINGS + 1)), step.select([HALVINGS + 1]), d_w, d_l
     return ctx.memo(("dpo_one_step", suffix_length), compute)
 
 
@@ -80,13 +83,11 @@ def measure(ctx: ModelContext) -> dict:
     rows = {k: [] for k in ("agree", "relative_error", "order", "case4", "margin_falls",
                             "control_case4", "pooled_order")}
     for length in ctx.settings.shapes:
-        pairs = ctx.pairs(length)
-        step, d_w, d_l = dpo_one_step(ctx, length)
+        step, reverse, d_w, d_l = dpo_one_step(ctx, length)
         predicted, actual = step.predicted_case, step.actual_case(0)
         rel = step.relative_error(0).reshape(2, -1)
         margin_rate = step.rate_w - step.rate_l
         margin_scale = d_w * (step.sq_norm_w + step.sq_norm_l + 2 * np.abs(step.inner))
-        reverse = step_check(ctx.graphdef, ctx.params, pairs, -d_w, -d_l, step.lrs[:1])
         rows["agree"].append(predicted == actual)
         rows["relative_error"].append(np.nanmax(rel, 0))  # the worse of the pair's two responses
         rows["order"].append(error_orders(step))
@@ -94,7 +95,7 @@ def measure(ctx: ModelContext) -> dict:
         rows["margin_falls"].append(
             stats.resolved_sign(margin_rate, margin_scale, ctx.resolution) < 0)
         rows["control_case4"].append(reverse.actual_case(0) == 4)
-        rows["pooled_order"].append(np.full(len(pairs), step.error_order()))
+        rows["pooled_order"].append(np.full(len(d_w), step.error_order()))
     return {k: np.concatenate(v) for k, v in rows.items()}
 
 

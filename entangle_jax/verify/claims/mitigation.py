@@ -34,7 +34,7 @@ def measure(ctx: ModelContext) -> dict:
     rows = {"real_case1": [], "first_order_case1": [], "dpo_real_case1": []}
     for length in ctx.settings.shapes:
         geo = ctx.geometry(length)
-        dpo_step, d_w, d_l = dpo_one_step(ctx, length)
+        dpo_step, _, d_w, d_l = dpo_one_step(ctx, length)
         c_w, c_l = (np.asarray(c) for c in
                     normalized_coefficients(d_w, d_l, geo.sq_norm_w, geo.sq_norm_l))
         rates = gradient_condition(c_w, c_l, geo.sq_norm_w, geo.sq_norm_l, geo.inner)
