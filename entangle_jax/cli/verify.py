@@ -29,7 +29,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--real", action="store_true",
                         help="the real-model regimes instead (SmolLM2-135M-Instruct as shipped "
                              "and after a short fine-tuning, on the chat sentiment task, float32; "
-                             "make verify-real): slow on a CPU, ~30 min with --quick on 2 cores")
+                             "make verify-real): hours on 2 CPU cores, even with --quick (times in "
+                             "the README)")
     parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; 0 with --quick)")
     parser.add_argument("--pairs", type=int,
                         help="eval pairs per seed (default 64; 16 with --quick)")
