@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 verify: $(STAMP)
 	$(BIN)/entangle verify
 
-# The real-model columns (SmolLM2-135M-Instruct; reports/real). Hours on 2 CPU cores; its quick
-# form (entangle verify --real --quick) and its wall time and memory are in the README.
+# The real-model columns (SmolLM2-135M-Instruct; reports/real). Hours on 2 CPU cores; each claim's
+# measurements on each model are saved as taken, so running it again after a stop resumes. What
+# ran of it, with wall times and memory, is in the README.
 verify-real: $(STAMP)
 	$(BIN)/entangle verify --real
 

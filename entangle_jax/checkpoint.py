@@ -8,7 +8,6 @@ the configs that made it (a resumed run with other configs is refused)."""
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 from dataclasses import dataclass, fields
@@ -23,7 +22,7 @@ from entangle_jax.config import ConfigError, DataConfig, SFTConfig
 from entangle_jax.data.bpe import ChatTokenizer
 from entangle_jax.data.userdata import UserDataConfig
 from entangle_jax.data.vocab import Vocab
-from entangle_jax.io import atomic_write_bytes, atomic_write_json
+from entangle_jax.io import atomic_write_json, atomic_write_npz
 from entangle_jax.models import abstract_model, architecture, config_class
 from entangle_jax.pytrees import path_key
 
@@ -64,18 +63,12 @@ def _stored_key(key: str) -> str:
     return key[:-len("/value")] if key.endswith("/value") else key
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
 def save_checkpoint(directory: str | Path, ckpt: Checkpoint, *,
                     training: dict | None = None) -> Path:
     """Write ``params.npz`` then ``config.json``; ``training`` (e.g. ``{"step", "steps"}`` of an
     unfinished run) is recorded in ``config.json`` for the reader."""
     directory = Path(directory)
-    atomic_write_bytes(directory / "params.npz", _npz_bytes(_flat_arrays(ckpt.params)))
+    atomic_write_npz(directory / "params.npz", _flat_arrays(ckpt.params))
     meta = {"format_version": FORMAT_VERSION,
             "architecture": architecture(ckpt.model_config),
             "model_config": _asdict(ckpt.model_config),
@@ -191,7 +184,7 @@ def save_train_state(directory: str | Path, state: TrainState) -> Path:
             "configs": state.configs, "config_hash": state.config_hash}
     arrays = {**_flat_arrays(state.params, "params/"), **_flat_arrays(state.opt_state, "opt/"),
               "meta": np.asarray(json.dumps(meta, sort_keys=True))}
-    return atomic_write_bytes(Path(directory) / TRAIN_STATE, _npz_bytes(arrays))
+    return atomic_write_npz(Path(directory) / TRAIN_STATE, arrays)
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

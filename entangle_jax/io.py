@@ -12,6 +12,7 @@ sure nothing else slips through.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -57,6 +58,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """``atomic_write_bytes`` of ``arrays`` in NumPy's ``.npz`` format."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

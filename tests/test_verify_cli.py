@@ -83,6 +83,35 @@ def test_human_outputs(report):
     assert "## theorem1_single_token" in to_markdown(report)
 
 
+def test_saved_measurements_resume_a_run(tmp_path):
+    """Each claim's measurements on each model are saved as taken: a later run reuses them
+    (same report), measures only what is missing or unreadable, and ``remeasure`` measures
+    everything again, to the same numbers."""
+    from entangle_jax.verify.runner import measurement_path
+
+    kwargs = dict(cache_dir=tmp_path, progress=False, log=lambda line: None)
+    calls = []
+
+    def counted(claim):
+        def measure(ctx):
+            calls.append(claim.id)
+            return claim.measure(ctx)
+        return dataclasses.replace(claim, measure=measure)
+
+    first = run_verify(TINY, select_claims(["theorem1_single_token"]), **kwargs)
+    t1, t3 = (counted(c) for c in select_claims(["theorem1_single_token",
+                                                  "theorem3_suffix_positive"]))
+    measurement_path(TINY, t1, TINY.regimes[0], 0, tmp_path).write_bytes(b"cut short")
+    second = run_verify(TINY, [t1, t3], **kwargs)
+    assert sorted(calls) == ["theorem1_single_token"] + ["theorem3_suffix_positive"] * 2
+    assert second["timings"]["saved_earlier"] == 1
+    assert second["claims"][0]["regimes"] == first["claims"][0]["regimes"]
+    calls.clear()
+    again = run_verify(TINY, [t1, t3], remeasure=True, **kwargs)
+    assert len(calls) == 4 and again["timings"]["saved_earlier"] == 0
+    assert [c["regimes"] for c in again["claims"]] == [c["regimes"] for c in second["claims"]]
+
+
 def test_cli_claim_ids_match_the_registry():
     assert set(CLAIM_IDS) == {c.id for c in CLAIMS}
 

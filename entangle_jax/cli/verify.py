@@ -39,7 +39,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", help="output directory (default reports, reports/real with "
                                       "--real)")
     parser.add_argument("--cache-dir", default=".cache/models",
-                        help="where regime models are cached (default .cache/models)")
+                        help="where regime models and each claim's measurements on them are "
+                             "cached, keyed by settings and code, so that a stopped run resumes "
+                             "(default .cache/models)")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure every claim again, even where its measurements on a model "
+                             "were saved by an earlier run (the models are still reused)")
     parser.set_defaults(run=run)
 
 
@@ -98,14 +103,17 @@ def run(args) -> int:
     check_output_dir(args.cache_dir, "--cache-dir")
     with locked_outputs((out, "--out")):
         start = time.perf_counter()
-        report = run_verify(settings, claims, cache_dir=args.cache_dir)
+        report = run_verify(settings, claims, cache_dir=args.cache_dir,
+                            remeasure=args.remeasure)
         atomic_write_json(out / "verify.json", report)
         atomic_write_text(out / "verify.md", to_markdown(report))
     print(format_table(report))
     t = report["timings"]
     print(f"time: models {sum(t['models'].values()):.0f} s, "
           + ", ".join(f"{k} {v:.0f} s" for k, v in t["measure"].items())
-          + f", evaluation {t['evaluate']:.0f} s; total {time.perf_counter() - start:.0f} s")
+          + f", evaluation {t['evaluate']:.0f} s; total {time.perf_counter() - start:.0f} s"
+          + (f" ({t['saved_earlier']} claim × model measurement(s) saved by an earlier run)"
+             if t["saved_earlier"] else ""))
     print(f"wrote {out / 'verify.json'} and {out / 'verify.md'}")
     print(summary_line(report, out))
     return exit_status(report)

@@ -42,9 +42,8 @@ def build_report(settings, claims: Sequence, rows: dict[str, list[dict]], timing
     return {"claims": out, "versions": package_versions(), "config_hash": json_hash(settings),
             "settings": dataclasses.asdict(settings), "machine": machine(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "timings": {k: (round(v, 2) if isinstance(v, float) else
-                            {kk: round(vv, 2) for kk, vv in v.items()})
-                        for k, v in timings.items()}}
+            "timings": {k: ({kk: round(vv, 2) for kk, vv in v.items()} if isinstance(v, dict)
+                            else round(v, 2)) for k, v in timings.items()}}
 
 
 def _cell(row: dict, headline: bool) -> str:
@@ -139,6 +138,8 @@ def to_markdown(report: dict) -> str:
               f"total {t['total']:.0f} s; models (train or load) "
               f"{sum(t['models'].values()):.0f} s; measurements "
               + ", ".join(f"{k} {v:.0f} s" for k, v in t["measure"].items())
-              + f"; evaluation {t['evaluate']:.0f} s", "",
+              + f"; evaluation {t['evaluate']:.0f} s"
+              + (f"; {t['saved_earlier']} claim × model measurement(s) saved by an earlier run"
+                 if t.get("saved_earlier") else ""), "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     return "\n".join(lines)

@@ -1,15 +1,26 @@
 """Run the claims over every regime and seed: train (or reuse) each model once, measure what the
-claims need on it, then judge each claim per regime with all seeds pooled."""
+claims need on it, then judge each claim per regime with all seeds pooled.
+
+Each claim's measurements on one model are saved as soon as they are taken
+(``CACHE_DIR/measurements``, keyed by the settings, regime, seed and code like the models), so a
+run that stops part way (hours on a real model) resumes where it stopped, and a run with more
+claims or seeds reuses what an earlier one measured. The report is the same either way: it is
+judged from the saved arrays themselves."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from entangle_jax.config import ConfigError
+from entangle_jax.io import atomic_write_npz
+from entangle_jax.provenance import cache_key
 from entangle_jax.data.tasks import make_task_data
 from entangle_jax.pretrained import load_pretrained, pretrained_id
 from entangle_jax.train.sft import cached_finetune, cached_sft
@@ -47,16 +58,36 @@ def regime_model(settings: VerifySettings, regime, seed: int, *,
                            progress=progress)
 
 
+def measurement_path(settings: VerifySettings, claim: Claim, regime, seed: int,
+                     cache_dir: str | Path) -> Path:
+    """Where ``claim``'s measurements on the model of ``regime`` at ``seed`` are kept: keyed by
+    the settings (bar the seed list, which does not change one seed's numbers) and the code."""
+    shared = {k: v for k, v in dataclasses.asdict(settings).items() if k != "seeds"}
+    key = cache_key({"claim": claim.id, "settings": shared, "regime": regime.name, "seed": seed})
+    return Path(cache_dir) / "measurements" / f"{claim.id}-{key}.npz"
+
+
+def _load_measurement(path: Path) -> dict | None:
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile):  # absent, or not a file this wrote
+        return None
+
+
 def run_verify(settings: VerifySettings, claims: Sequence[Claim] = CLAIMS, *,
                cache_dir: str | Path = ".cache/models", progress: bool = True,
-               log: Callable[[str], None] = tqdm.write) -> dict:
+               remeasure: bool = False, log: Callable[[str], None] = tqdm.write) -> dict:
     """Evaluate ``claims`` in every regime of ``settings``; returns the verify.json report.
+    Measurements saved by an earlier run are reused unless ``remeasure``.
 
-    ``log`` receives one line per model: how long it took to train (or load) and to measure."""
+    ``log`` receives one line per model: how long it took to train (or load) and to measure, or
+    that its measurements were saved earlier (``measurement_path``)."""
     for claim in claims:
         settings.regime(claim.headline_regime)  # raises if the claim's own regime is missing
     start = time.perf_counter()
-    timings = {"models": {}, "measure": {c.id: 0.0 for c in claims}, "evaluate": 0.0}
+    timings = {"models": {}, "measure": {c.id: 0.0 for c in claims}, "evaluate": 0.0,
+               "saved_earlier": 0}
     rows: dict[str, list[dict]] = {c.id: [] for c in claims}
     units = [(r, s) for r in settings.regimes for s in settings.seeds]
     bar = tqdm(units, desc="verify", disable=not progress, leave=False)
@@ -65,19 +96,28 @@ def run_verify(settings: VerifySettings, claims: Sequence[Claim] = CLAIMS, *,
         bar.set_postfix_str(f"{regime.name} seed {seed}")
         if seed == settings.seeds[0]:
             measured = {c.id: [] for c in claims}
-        t0 = time.perf_counter()
-        ckpt = regime_model(settings, regime, seed, cache_dir=cache_dir, progress=progress)
-        t_model = time.perf_counter() - t0
-        timings["models"][f"{regime.name}/seed{seed}"] = t_model
-        parts = [f"model {t_model:.1f}s"]
-        with precision_scope(settings):
-            ctx = ModelContext(ckpt, regime, seed, settings)
-            for claim in claims:
-                t0 = time.perf_counter()
-                measured[claim.id].append(claim.measure(ctx))
-                dt = time.perf_counter() - t0
-                timings["measure"][claim.id] += dt
-                parts.append(f"{claim.id} {dt:.1f}s")
+        paths = {c.id: measurement_path(settings, c, regime, seed, cache_dir) for c in claims}
+        saved = {c.id: None if remeasure else _load_measurement(paths[c.id]) for c in claims}
+        todo = [c for c in claims if saved[c.id] is None]
+        parts = [f"{c.id} saved earlier" for c in claims if saved[c.id] is not None]
+        timings["saved_earlier"] += len(claims) - len(todo)
+        if todo:
+            t0 = time.perf_counter()
+            ckpt = regime_model(settings, regime, seed, cache_dir=cache_dir, progress=progress)
+            t_model = time.perf_counter() - t0
+            timings["models"][f"{regime.name}/seed{seed}"] = t_model
+            parts.insert(0, f"model {t_model:.1f}s")
+            with precision_scope(settings):
+                ctx = ModelContext(ckpt, regime, seed, settings)
+                for claim in todo:
+                    t0 = time.perf_counter()
+                    saved[claim.id] = {k: np.asarray(v) for k, v in claim.measure(ctx).items()}
+                    atomic_write_npz(paths[claim.id], saved[claim.id])
+                    dt = time.perf_counter() - t0
+                    timings["measure"][claim.id] += dt
+                    parts.append(f"{claim.id} {dt:.1f}s")
+        for claim in claims:
+            measured[claim.id].append(saved[claim.id])
         log(f"{regime.name} seed {seed}: " + ", ".join(parts))
         if seed == settings.seeds[-1]:
             t0 = time.perf_counter()
