@@ -356,11 +356,11 @@ def plan_leaves(graphdef, params, implementation: str, seq: Responses, *, per_to
     like ``seq`` (one row of a batch): ``structured`` puts every factored leaf on the ghost
     product; ``auto`` takes, per leaf, the cheaper of ghost (``n_blocks · ghost``) and outer
     (``n_sequences`` outer products to form plus ``n_blocks · R² · size`` to contract) when the
-    formed gradients fit ``memory_budget`` bytes (``memory.MEMORY_BUDGET``). Costs come from the
+    formed gradients fit ``memory_budget`` bytes (``memory.budget_bytes()``). Costs come from the
     shapes of the taps."""
     if implementation not in ("structured", "auto"):
         raise ValueError(f"implementation={implementation!r} is invalid: one of 'structured', 'auto'")
-    memory_budget = memory.MEMORY_BUDGET if memory_budget is None else memory_budget
+    memory_budget = memory.budget_bytes() if memory_budget is None else memory_budget
     one = jax.tree.map(lambda x: x[0], seq)
     taps = jax.eval_shape(lambda p, s: record_taps(graphdef, p, s, per_token=per_token)[1],
                           params, one)

@@ -87,7 +87,7 @@ def chunk_for_budget(graphdef, params, seq: Responses, implementation: Strategy 
                      per_token: bool,
                      cap: int, budget: float | None = None) -> int:
     """The most pairs (at most ``cap``, at least 1) whose working memory fits ``budget`` bytes
-    (``memory.MEMORY_BUDGET``): per pair, two responses' per-row gradients (``materialize``:
+    (``memory.budget_bytes()``): per pair, two responses' per-row gradients (``materialize``:
     R · P floats each) or their taps (a pair's per-row cotangents and layer inputs, which the
     streamed backward holds a stage at a time; counted whole, an upper bound)."""
     rows = seq.window if per_token else 1
@@ -184,7 +184,7 @@ def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int | None = No
 
     Memory is bounded by ``chunk_size`` pairs: their gradients (2 · chunk_size · P floats) with
     ``materialize``, their layer inputs and output cotangents with ``structured``; by default the
-    most that fit ``memory.MEMORY_BUDGET``, up to 32. With a ``mesh`` (``sharding.batch_mesh()``)
+    most that fit ``memory.budget_bytes()``, up to 32. With a ``mesh`` (``sharding.batch_mesh()``)
     each chunk is split over its devices."""
     strategy = as_strategy(implementation)
     if chunk_size is None:
@@ -235,7 +235,7 @@ def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None
     """Token-wise Gram matrices of every pair; memory is bounded by ``chunk_size`` pairs'
     per-token Jacobians (2 · chunk_size · R · P floats) with ``materialize``, by their per-token
     output cotangents (2 · chunk_size · R · T · Σ widths) with ``structured``; by default the
-    most that fit ``memory.MEMORY_BUDGET``, up to 8. With a ``mesh``
+    most that fit ``memory.budget_bytes()``, up to 8. With a ``mesh``
     each chunk is split over its devices."""
     strategy = as_strategy(implementation)
     if chunk_size is None:
@@ -311,11 +311,11 @@ def _structured_cross(features_a, features_b, terms):
 
 
 def _block_fits(params, chunk_size: int) -> bool:
-    """Whether ``chunk_size`` per-example gradients fit ``memory.MEMORY_BUDGET``. A full Gram
+    """Whether ``chunk_size`` per-example gradients fit ``memory.budget_bytes()``. A full Gram
     contracts every pair of responses, so when they fit, ``auto`` forms them (one backward per
     response, one matmul per leaf): measured faster than the ghost product and than the per-leaf
     mix from taps on every benchmark config (docs/performance.md)."""
-    return chunk_size * memory.tree_bytes(params) <= memory.MEMORY_BUDGET
+    return chunk_size * memory.tree_bytes(params) <= memory.budget_bytes()
 
 
 def sequence_gram(graphdef, params, batch: Responses | Pairs, *, chunk_size: int = 64,

@@ -2,16 +2,46 @@
 
 Every batched computation of the toolkit (per-example gradients, taps, one-step checks,
 Jacobian-vector products) runs over fixed-size chunks of pairs. A chunk is as large as its
-working set allows within ``MEMORY_BUDGET`` bytes and at most a cap that keeps the tiny models'
+working set allows within ``budget_bytes()`` and at most a cap that keeps the tiny models'
 compiled shapes: on the tiny models the caps decide, on a pretrained model the budget does.
 """
 
 from __future__ import annotations
 
+import os
+
 import jax
 
-#: Bytes of per-example working memory a chunk may hold.
+#: Bytes of per-example working memory a chunk may hold on a CPU: what 2 cores' machine affords
+#: beside a 135M-parameter model and its optimizer state.
 MEMORY_BUDGET = 2**30
+#: On an accelerator: this share of the first device's memory (the rest holds the parameters,
+#: their copies outside the chunk and XLA's own buffers).
+ACCELERATOR_SHARE = 0.25
+BUDGET_VARIABLE = "ENTANGLE_JAX_MEMORY_BUDGET"
+
+
+def budget_bytes() -> int:
+    """Bytes a chunk's per-example working set may take: ``ENTANGLE_JAX_MEMORY_BUDGET`` (bytes,
+    e.g. ``8e9``) when set; else ``ACCELERATOR_SHARE`` of the first device's memory on a GPU or
+    TPU, and ``MEMORY_BUDGET`` on a CPU. Larger chunks change no result beyond rounding; they
+    trade memory for fewer, larger launches (what keeps an accelerator busy)."""
+    value = os.environ.get(BUDGET_VARIABLE, "").strip()
+    if value:
+        try:
+            number = float(value)
+        except ValueError:
+            number = 0.0
+        if not number >= 1:
+            raise ValueError(f"{BUDGET_VARIABLE}={value!r} is invalid: a number of bytes >= 1, "
+                             "such as 4e9")
+        return int(number)
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+        if limit:
+            return int(ACCELERATOR_SHARE * limit)
+    return MEMORY_BUDGET
 
 
 def tree_bytes(tree) -> int:
@@ -31,6 +61,6 @@ def activation_bytes(config, seq_len: int) -> int:
 
 def fit(per_item: int, cap: int, n: int | None = None, budget: float | None = None) -> int:
     """Items per chunk: as many as fit the budget, at least 1, at most ``cap`` (and ``n``)."""
-    budget = MEMORY_BUDGET if budget is None else budget
+    budget = budget_bytes() if budget is None else budget
     size = int(max(1, min(cap, budget // max(per_item, 1))))
     return size if n is None else max(1, min(size, n))

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from entangle_jax import memory
 from entangle_jax.chunking import chunk_indices, map_chunks, real_rows
 from entangle_jax.config import ConfigError
 
@@ -32,3 +33,34 @@ def test_map_chunks_drops_the_padding_rows_outputs():
 def test_a_chunk_size_that_is_not_a_positive_integer_is_refused(chunk_size):
     with pytest.raises(ConfigError, match="chunk_size"):
         chunk_indices(5, chunk_size)
+
+
+class _Device:
+    def __init__(self, platform, stats):
+        self.platform, self._stats = platform, stats
+
+    def memory_stats(self):
+        return self._stats
+
+
+def test_chunk_budget_is_the_variable_else_a_share_of_an_accelerator_else_the_cpu_default(
+        monkeypatch):
+    monkeypatch.delenv(memory.BUDGET_VARIABLE, raising=False)
+    assert memory.budget_bytes() == memory.MEMORY_BUDGET  # this machine: a CPU
+    monkeypatch.setattr(memory.jax, "devices", lambda: [_Device("gpu", {"bytes_limit": 8 * 10**9})])
+    assert memory.budget_bytes() == 2 * 10**9
+    monkeypatch.setattr(memory.jax, "devices", lambda: [_Device("gpu", None)])  # no statistics
+    assert memory.budget_bytes() == memory.MEMORY_BUDGET
+    monkeypatch.setenv(memory.BUDGET_VARIABLE, "3e9")
+    assert memory.budget_bytes() == 3 * 10**9
+    # the chunk follows: 3e9 bytes hold 3 items of 1e9, 2**30 one
+    assert memory.fit(10**9, cap=16) == 3
+    monkeypatch.delenv(memory.BUDGET_VARIABLE)
+    assert memory.fit(10**9, cap=16) == 1
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5", "nan"])
+def test_a_bad_chunk_budget_is_refused_by_name(monkeypatch, value):
+    monkeypatch.setenv(memory.BUDGET_VARIABLE, value)
+    with pytest.raises(ValueError, match=memory.BUDGET_VARIABLE):
+        memory.budget_bytes()

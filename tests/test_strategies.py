@@ -141,7 +141,7 @@ def test_sequence_gram_blocks_agree_with_one_block(model):
 
 
 def test_auto_sequence_gram_forms_gradients_only_within_the_budget(model, monkeypatch):
-    """Within ``memory.MEMORY_BUDGET`` auto forms per-example gradients; beyond it, it runs the
+    """Within ``memory.budget_bytes()`` auto forms per-example gradients; beyond it, it runs the
     per-leaf plan from taps (here a mix of ghost, outer and exact leaves), with the same Gram."""
     graphdef, params, pairs = model
     want = sequence_gram(graphdef, params, pairs)
@@ -152,7 +152,7 @@ def test_auto_sequence_gram_forms_gradients_only_within_the_budget(model, monkey
     _close(sequence_gram(graphdef, params, pairs, implementation="auto"), want, np.abs(want).max())
     assert calls == []
     # room for one response's gradient: the chunk's do not fit, most single leaves' do
-    monkeypatch.setattr(memory, "MEMORY_BUDGET", memory.tree_bytes(params))
+    monkeypatch.setenv(memory.BUDGET_VARIABLE, str(memory.tree_bytes(params)))
     _close(sequence_gram(graphdef, params, pairs, implementation="auto"), want, np.abs(want).max())
     assert {"ghost", "outer", "exact"} <= set(calls[0])
 

@@ -294,7 +294,7 @@ def _block_bytes(model) -> int:
 def default_chunks(graphdef, params, rows: Responses | Pairs, cols: Responses | Pairs,
                    implementation: str = "auto", budget: float | None = None) -> tuple[int, int]:
     """``(chunk_size, ends_chunk_size)`` that ``cross_gram`` uses when none is given: the
-    responses whose working set fits ``memory.MEMORY_BUDGET``, at most 32 and at most the larger
+    responses whose working set fits ``memory.budget_bytes()``, at most 32 and at most the larger
     side (``materialize``: one whole per-example gradient each; ``stagewise``: one block's
     gradient and activations each, and for the ends one gradient of the leaves outside the
     blocks each)."""
