@@ -8,9 +8,12 @@ compiled shapes: on the tiny models the caps decide, on a pretrained model the b
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
+
+from entangle_jax.config import ConfigError
 
 #: Bytes of per-example working memory a chunk may hold on a CPU: what 2 cores' machine affords
 #: beside a 135M-parameter model and its optimizer state.
@@ -21,21 +24,30 @@ ACCELERATOR_SHARE = 0.25
 BUDGET_VARIABLE = "ENTANGLE_JAX_MEMORY_BUDGET"
 
 
-def budget_bytes() -> int:
-    """Bytes a chunk's per-example working set may take: ``ENTANGLE_JAX_MEMORY_BUDGET`` (bytes,
-    e.g. ``8e9``) when set; else ``ACCELERATOR_SHARE`` of the first device's memory on a GPU or
-    TPU, and ``MEMORY_BUDGET`` on a CPU. Larger chunks change no result beyond rounding; they
-    trade memory for fewer, larger launches (what keeps an accelerator busy)."""
+def configured_budget() -> int | None:
+    """``ENTANGLE_JAX_MEMORY_BUDGET`` in bytes (e.g. ``8e9``), None when it is unset; a value that
+    is not a number ≥ 1 is a ``ConfigError`` (the CLI checks it before any work)."""
     value = os.environ.get(BUDGET_VARIABLE, "").strip()
-    if value:
-        try:
-            number = float(value)
-        except ValueError:
-            number = 0.0
-        if not number >= 1:
-            raise ValueError(f"{BUDGET_VARIABLE}={value!r} is invalid: a number of bytes >= 1, "
-                             "such as 4e9")
-        return int(number)
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not number >= 1:
+        raise ConfigError(f"{BUDGET_VARIABLE}={value!r} is invalid: a number of bytes >= 1, "
+                          "such as 4e9")
+    return int(number)
+
+
+def budget_bytes() -> int:
+    """Bytes a chunk's per-example working set may take: ``configured_budget()`` when set; else
+    ``ACCELERATOR_SHARE`` of the first device's memory on a GPU or TPU, and ``MEMORY_BUDGET`` on
+    a CPU. Larger chunks change no result beyond rounding; they trade memory for fewer, larger
+    launches (what keeps an accelerator busy)."""
+    configured = configured_budget()
+    if configured is not None:
+        return configured
     device = jax.devices()[0]
     if device.platform != "cpu":
         limit = (device.memory_stats() or {}).get("bytes_limit")

@@ -62,5 +62,5 @@ def test_chunk_budget_is_the_variable_else_a_share_of_an_accelerator_else_the_cp
 @pytest.mark.parametrize("value", ["lots", "0", "-5", "nan"])
 def test_a_bad_chunk_budget_is_refused_by_name(monkeypatch, value):
     monkeypatch.setenv(memory.BUDGET_VARIABLE, value)
-    with pytest.raises(ValueError, match=memory.BUDGET_VARIABLE):
+    with pytest.raises(ConfigError, match=memory.BUDGET_VARIABLE):
         memory.budget_bytes()

@@ -172,6 +172,14 @@ def test_bad_values_give_one_line_and_status_2(argv, message, capsys):
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
 
 
+def test_a_bad_memory_budget_is_refused_before_any_work(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("ENTANGLE_JAX_MEMORY_BUDGET", "lots")
+    assert main(["train", "--steps", "0", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ENTANGLE_JAX_MEMORY_BUDGET='lots' is invalid" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 def test_unknown_objective_lists_the_known_ones():
     with pytest.raises(ConfigError) as err:
         get_objective("dpx")

@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         from entangle_jax.cli.common import enable_compilation_cache
+        from entangle_jax.memory import configured_budget
 
+        configured_budget()  # a bad ENTANGLE_JAX_MEMORY_BUDGET is refused before any work
         enable_compilation_cache()
         return int(args.run(args) or 0)
     except (UsageError, ConfigError, CheckpointError, DataError, NonFiniteError,
