@@ -26,7 +26,7 @@ BUDGET_VARIABLE = "ENTANGLE_JAX_MEMORY_BUDGET"
 
 def configured_budget() -> int | None:
     """``ENTANGLE_JAX_MEMORY_BUDGET`` in bytes (e.g. ``8e9``), None when it is unset; a value that
-    is not a number ≥ 1 is a ``ConfigError`` (the CLI checks it before any work)."""
+    is not a finite number ≥ 1 is a ``ConfigError`` (the CLI checks it before any work)."""
     value = os.environ.get(BUDGET_VARIABLE, "").strip()
     if not value:
         return None
@@ -34,8 +34,8 @@ def configured_budget() -> int | None:
         number = float(value)
     except ValueError:
         number = math.nan
-    if not number >= 1:
-        raise ConfigError(f"{BUDGET_VARIABLE}={value!r} is invalid: a number of bytes >= 1, "
+    if not (math.isfinite(number) and number >= 1):
+        raise ConfigError(f"{BUDGET_VARIABLE}={value!r} is invalid: a finite number of bytes >= 1, "
                           "such as 4e9")
     return int(number)
 

@@ -59,7 +59,7 @@ def test_chunk_budget_is_the_variable_else_a_share_of_an_accelerator_else_the_cp
     assert memory.fit(10**9, cap=16) == 1
 
 
-@pytest.mark.parametrize("value", ["lots", "0", "-5", "nan"])
+@pytest.mark.parametrize("value", ["lots", "0", "-5", "nan", "inf"])
 def test_a_bad_chunk_budget_is_refused_by_name(monkeypatch, value):
     monkeypatch.setenv(memory.BUDGET_VARIABLE, value)
     with pytest.raises(ConfigError, match=memory.BUDGET_VARIABLE):
