@@ -190,16 +190,11 @@ def is_pretrained(ckpt) -> bool:
     return ckpt is not None and not isinstance(ckpt.tokenizer, Vocab)
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    """``--data FILE`` (a user's preference pairs instead of the sentiment task) and its options."""
+def add_pair_file_options(parser: argparse.ArgumentParser, data_help: str):
+    """``--data FILE`` (``data_help`` says what the command does with it) and the options that read
+    the file: bad lines and token budgets. Returns their argument group."""
     g = parser.add_argument_group("your own preference pairs (docs/user-data.md)")
-    g.add_argument("--data", metavar="FILE",
-                   help="preference pairs in TRL's format: .jsonl, .json or .csv records (also "
-                        "gzipped) with prompt, chosen, rejected (text, {role, content} messages or "
-                        "HH-RLHF dialogues); a tiny model is fine-tuned on prompt + chosen")
-    g.add_argument("--vocab-size", type=positive_int, default=UserDataConfig.vocab_size,
-                   help="tiny models: vocabulary cap, special tokens included; rarer words "
-                        f"become <unk> (default {UserDataConfig.vocab_size})")
+    g.add_argument("--data", metavar="FILE", help=data_help)
     g.add_argument("--skip-bad-lines", action="store_true",
                    help="skip records that are not JSON or not valid pairs (each is reported) "
                         "instead of stopping at the first")
@@ -209,6 +204,19 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-response-tokens", type=positive_int,
                    help="a longer response keeps its first tokens (default: none; "
                         f"{PRETRAINED_BUDGETS['max_response_tokens']} for a pretrained model)")
+    return g
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--data FILE`` (a user's preference pairs instead of the sentiment task), the options that
+    read it and the vocabulary cap of a tiny model trained on it."""
+    g = add_pair_file_options(
+        parser, "preference pairs in TRL's format: .jsonl, .json or .csv records (also gzipped) "
+                "with prompt, chosen, rejected (text, {role, content} messages or HH-RLHF "
+                "dialogues); a tiny model is fine-tuned on prompt + chosen")
+    g.add_argument("--vocab-size", type=positive_int, default=UserDataConfig.vocab_size,
+                   help="tiny models: vocabulary cap, special tokens included; rarer words "
+                        f"become <unk> (default {UserDataConfig.vocab_size})")
 
 
 def add_resume_options(parser: argparse.ArgumentParser) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import math
 
-from entangle_jax.cli.common import (DATA_READING_OPTIONS, add_model_option, check_output_dir,
-                                     checkpoint_fields, given, is_pretrained, locked_outputs,
-                                     model_from_args, nonnegative_int, not_applicable, note,
-                                     parse_hparam_options, positive_float, positive_int,
-                                     user_data_from_args)
+from entangle_jax.cli.common import (DATA_READING_OPTIONS, add_model_option,
+                                     add_pair_file_options, check_output_dir, checkpoint_fields,
+                                     given, is_pretrained, locked_outputs, model_from_args,
+                                     nonnegative_int, not_applicable, note, parse_hparam_options,
+                                     positive_float, positive_int, user_data_from_args)
 
 #: The largest step size accepted (--lr, --adam-lr): a step η·u with η beyond it moves the
 #: parameters so far that the measured change is overflow, not dynamics.
@@ -52,17 +52,7 @@ def add_parser(subparsers) -> None:
                              "trained once and cached in .cache/models)")
     add_model_option(parser, "the model (instead of --checkpoint; a pretrained model needs "
                              "--data)")
-    parser.add_argument("--data", metavar="FILE",
-                        help="real preference pairs (formats: docs/user-data.md) instead of the "
-                             "sentiment task; read with --skip-bad-lines and the token budgets")
-    parser.add_argument("--skip-bad-lines", action="store_true",
-                        help="skip records that are not valid pairs (each is reported)")
-    parser.add_argument("--max-prompt-tokens", type=positive_int,
-                        help="a longer prompt keeps its last tokens (default: 128 for a "
-                             "pretrained model)")
-    parser.add_argument("--max-response-tokens", type=positive_int,
-                        help="a longer response keeps its first tokens (default: 64 for a "
-                             "pretrained model)")
+    add_pair_file_options(parser, "real preference pairs instead of the sentiment task")
     parser.add_argument("--pairs", type=positive_int, default=32,
                         help="eval pairs per shape (default 32)")
     parser.add_argument("--lr", type=_step_size,

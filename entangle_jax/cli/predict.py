@@ -36,10 +36,11 @@ import math
 import sys
 import time
 
-from entangle_jax.cli.common import (DATA_READING_OPTIONS, add_model_option, check_output_dir,
-                                     checkpoint_fields, given, is_pretrained, locked_outputs,
-                                     model_from_args, nonnegative_int, not_applicable, note,
-                                     positive_float, positive_int, user_data_from_args)
+from entangle_jax.cli.common import (DATA_READING_OPTIONS, add_model_option,
+                                     add_pair_file_options, check_output_dir, checkpoint_fields,
+                                     given, is_pretrained, locked_outputs, model_from_args,
+                                     nonnegative_int, not_applicable, note, positive_float,
+                                     positive_int, user_data_from_args)
 
 #: Without --lr: the longest run's largest move of a training pair's log π_w or log π_l if all
 #: its steps pushed the way its first does: η = TARGET_CHANGE / (T · max |Δlog π| of step 1),
@@ -96,18 +97,8 @@ def add_parser(subparsers) -> None:
                              "trained once and cached in .cache/models)")
     add_model_option(parser, "the model (instead of --checkpoint; a pretrained model needs "
                              "--data)")
-    parser.add_argument("--data", metavar="FILE",
-                        help="real preference pairs (formats: docs/user-data.md) instead of the "
-                             "sentiment task: the first --pairs records train, the next "
-                             "--held-out are held out")
-    parser.add_argument("--skip-bad-lines", action="store_true",
-                        help="skip records that are not valid pairs (each is reported)")
-    parser.add_argument("--max-prompt-tokens", type=positive_int,
-                        help="a longer prompt keeps its last tokens (default: 128 for a "
-                             "pretrained model)")
-    parser.add_argument("--max-response-tokens", type=positive_int,
-                        help="a longer response keeps its first tokens (default: 64 for a "
-                             "pretrained model)")
+    add_pair_file_options(parser, "real preference pairs instead of the sentiment task: the "
+                                  "first --pairs records train, the next --held-out are held out")
     parser.add_argument("--shape", default="long",
                         help="sentiment task: pair shape or suffix length (default long)")
     parser.add_argument("--pairs", type=positive_int, default=96,
