@@ -84,16 +84,24 @@ def matmul_gflops() -> float:
                                 check=True).stdout)
 
 
-def run_case(spec: dict, timeout: float) -> dict:
-    """One case in a child process; a failure or timeout becomes a row with ``error``."""
+def run_in_child(module: str, spec: dict, timeout: float) -> dict:
+    """``python -m module <spec as JSON>`` in a child process (each case gets a fresh process, so
+    its peak memory and compile time are its own): the child's last stdout line, parsed. A
+    failure or timeout becomes ``{**spec, "error": …}``."""
     try:
-        done = subprocess.run([sys.executable, "-m", "entangle_jax.bench.case", json.dumps(spec)],
+        done = subprocess.run([sys.executable, "-m", module, json.dumps(spec)],
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {**spec, "error": f"timed out after {timeout:.0f} s"}
     if done.returncode:
-        return {**spec, "error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        return {**spec, "error": lines[-1] if lines else f"exit status {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_case(spec: dict, timeout: float) -> dict:
+    """One tiny-model case (``entangle_jax.bench.case``) in a child process."""
+    return run_in_child("entangle_jax.bench.case", spec, timeout)
 
 
 def run_benchmark(quick: bool = False, timeout: float = 300.0, progress: bool = True,

@@ -32,19 +32,18 @@ warm-up call on the first chunk, which compiles). Rows:
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from entangle_jax.bench import run_in_child
 
 #: Sizes of a full and of a quick run.
 FULL = {"pairs": 64, "token_response": 64, "kernel_small": (2, 8), "kernel_full": (64, 256),
@@ -114,16 +113,8 @@ def slot(spec: dict) -> tuple:
 
 
 def run_case(spec: dict, timeout: float) -> dict:
-    """One case in a child process; a failure or timeout becomes a result with ``error``."""
-    try:
-        done = subprocess.run([sys.executable, "-m", "entangle_jax.bench.real", json.dumps(spec)],
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**spec, "error": f"timed out after {timeout:.0f} s"}
-    if done.returncode:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        return {**spec, "error": lines[-1] if lines else f"exit status {done.returncode}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """One real-model case (``entangle_jax.bench.real``) in a child process."""
+    return run_in_child("entangle_jax.bench.real", spec, timeout)
 
 
 def _arrays(outputs: dict | None) -> dict:
