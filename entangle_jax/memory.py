@@ -4,12 +4,14 @@ Every batched computation of the toolkit (per-example gradients, taps, one-step 
 Jacobian-vector products) runs over fixed-size chunks of pairs. A chunk is as large as its
 working set allows within ``budget_bytes()`` and at most a cap that keeps the tiny models'
 compiled shapes: on the tiny models the caps decide, on a pretrained model the budget does.
+``peak_resident_mb`` is what a run did use, as reports and benchmarks quote it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import resource
 
 import jax
 
@@ -76,3 +78,14 @@ def fit(per_item: int, cap: int, n: int | None = None, budget: float | None = No
     budget = budget_bytes() if budget is None else budget
     size = int(max(1, min(cap, budget // max(per_item, 1))))
     return size if n is None else max(1, min(size, n))
+
+
+def peak_resident_mb() -> float:
+    """This process's peak resident memory in MiB, runtimes included. ``VmHWM`` belongs to the
+    address space that ``exec`` made; ``ru_maxrss`` would carry over a spawning parent's resident
+    size at ``fork``."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except OSError:  # no procfs (macOS): ru_maxrss is in bytes there
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

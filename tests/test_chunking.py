@@ -1,5 +1,7 @@
 """The chunks every chunked computation shares: each row exactly once, the padding marked."""
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -64,3 +66,10 @@ def test_a_bad_chunk_budget_is_refused_by_name(monkeypatch, value):
     monkeypatch.setenv(memory.BUDGET_VARIABLE, value)
     with pytest.raises(ConfigError, match=memory.BUDGET_VARIABLE):
         memory.budget_bytes()
+
+
+def test_peak_resident_memory_counts_what_the_process_holds_in_mib():
+    held = np.ones(256 * 2**20 // 8)  # 256 MiB, every page written
+    peak = memory.peak_resident_mb()
+    total_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    assert 256 <= peak < total_mib and held[-1] == 1.0

@@ -42,6 +42,8 @@ def report(tmp_path_factory):
 def _check_contract(report, claims):
     assert [c["id"] for c in report["claims"]] == [c.id for c in claims]
     assert {"versions", "config_hash", "settings", "timings"} <= set(report)
+    # the process has at least the model's runtime resident: more than 50 MiB, not terabytes
+    assert 50 < report["timings"]["peak_memory_mb"] < 2**20
     for claim in report["claims"]:
         assert claim["headline_verdict"] in ("HOLDS", "FAILS", "NOT_APPLICABLE")
         assert [r["regime"] for r in claim["regimes"]] == [r.name for r in REGIMES]

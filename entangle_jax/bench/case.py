@@ -17,7 +17,6 @@ shape (the last two must be 0).
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from functools import partial
@@ -31,6 +30,7 @@ from entangle_jax.bench.configs import CONFIGS, flop_params, lower_bound_flops
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.gradients import pair_geometry, pairs_as_responses, sequence_gram, token_grams
 from entangle_jax.logprob import logits, sequence_logprob, token_logprobs
+from entangle_jax.memory import peak_resident_mb
 from entangle_jax.models import count_params, init_model
 
 #: Fast cases repeat beyond ``repeats`` until this many seconds are timed (at most
@@ -44,16 +44,6 @@ _COMPILES = [0]
 def _count_compile(event: str, *_args, **_kwargs) -> None:
     if event == "/jax/core/compile/backend_compile_duration":
         _COMPILES[0] += 1
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory. ``VmHWM`` belongs to the address space that ``exec``
-    made; ``ru_maxrss`` would carry over the spawning parent's resident size at ``fork``."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-    except OSError:  # no procfs (macOS): ru_maxrss is in bytes there
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def synthetic_pairs(n: int, seq_len: int, window: int, vocab: int, seed: int, suffix: int):
@@ -190,7 +180,7 @@ def run_case(spec: dict) -> dict:
         run, gap = _torch_method(task, cfg.model, graphdef, params, pairs)
     else:
         run = _jax_method(task, method, graphdef, params)
-    baseline = _peak_rss_mb()
+    baseline = peak_resident_mb()
     start = time.perf_counter()
     jax.block_until_ready(run(pairs))
     first = time.perf_counter() - start
@@ -206,7 +196,7 @@ def run_case(spec: dict) -> dict:
         jax.block_until_ready(run(other))
     other_shape_compiles = _COMPILES[0] - warm_compiles - timed_compiles
     median = float(np.median(times)) if times else first
-    peak = _peak_rss_mb()
+    peak = peak_resident_mb()
     if task == "entk_prediction":  # after the peak: the other method's memory is not this row's
         other_method = "materialize" if method == "auto" else "auto"
         reference = np.asarray(entk_method(other_method, graphdef, params, train, *coef)(pairs))

@@ -43,7 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from entangle_jax.bench.case import _COMPILES, _count_compile, _peak_rss_mb
+from entangle_jax.bench.case import _COMPILES, _count_compile
+from entangle_jax.memory import peak_resident_mb
 
 #: The preference pairs of the real-model rows (HH-RLHF helpful-base, Ren & Sutherland's test file).
 DATA = Path(__file__).resolve().parents[2] / "data" / "learning-dynamics-helpful-base" / \
@@ -347,11 +348,11 @@ def run_case(spec: dict) -> dict:
     """Run one case; the result adds ``setup_s``, ``first_s``, ``time_s``, peak memory,
     compilation counts and ``outputs`` (or ``not_run`` with the reason)."""
     result = dict(spec)
-    baseline = _peak_rss_mb()
+    baseline = peak_resident_mb()
     try:
         if spec["task"] == "load":
             result.update(_load_case(spec), setup_s=0.0, first_s=None)
-            result.update(peak_rss_mb=_peak_rss_mb(), baseline_rss_mb=baseline)
+            result.update(peak_rss_mb=peak_resident_mb(), baseline_rss_mb=baseline)
             return result
         jax.monitoring.register_event_duration_secs_listener(_count_compile)
         start = time.perf_counter()
@@ -380,9 +381,9 @@ def run_case(spec: dict) -> dict:
             warm, call, outputs = torch_calls(spec, model, inputs)
         result.update(_size(spec["task"], inputs), setup_s=time.perf_counter() - start)
     except NotRun as why:
-        result.update(not_run=str(why), peak_rss_mb=_peak_rss_mb())
+        result.update(not_run=str(why), peak_rss_mb=peak_resident_mb())
         return result
-    baseline = _peak_rss_mb()
+    baseline = peak_resident_mb()
     start = time.perf_counter()
     jax.block_until_ready(warm())
     first = time.perf_counter() - start
@@ -393,7 +394,7 @@ def run_case(spec: dict) -> dict:
     elapsed = time.perf_counter() - start
     result.update(first_s=first, time_s=elapsed, compiles_warmup=warm_compiles,
                   compiles_timed=_COMPILES[0] - warm_compiles, baseline_rss_mb=baseline,
-                  peak_rss_mb=_peak_rss_mb(),
+                  peak_rss_mb=peak_resident_mb(),
                   outputs={k: v if isinstance(v, (int, float)) else
                            np.asarray(v, np.float64).tolist() for k, v in outputs(out).items()})
     return result

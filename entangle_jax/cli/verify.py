@@ -111,7 +111,8 @@ def run(args) -> int:
     t = report["timings"]
     print(f"time: models {sum(t['models'].values()):.0f} s, "
           + ", ".join(f"{k} {v:.0f} s" for k, v in t["measure"].items())
-          + f", evaluation {t['evaluate']:.0f} s; total {time.perf_counter() - start:.0f} s"
+          + f", evaluation {t['evaluate']:.0f} s; total {time.perf_counter() - start:.0f} s, "
+          f"peak memory {t['peak_memory_mb'] / 1024:.1f} GB"
           + (f" ({t['saved_earlier']} claim × model measurement(s) saved by an earlier run)"
              if t["saved_earlier"] else ""))
     print(f"wrote {out / 'verify.json'} and {out / 'verify.md'}")

@@ -7,8 +7,10 @@
                               "seeds": [...], "n_pairs", "hypothesis", "checks", "control",
                               "details", ("expected")}, ...]}, ...],
      "versions": {...}, "config_hash": "...", "settings": {...}, "machine": {...}, "date": "...",
-     "timings": {...}}
+     "timings": {"models": {...}, "measure": {...}, "evaluate", "saved_earlier", "total",
+                 "peak_memory_mb"}}
 
+Times are seconds; ``peak_memory_mb`` is the verifying process's peak resident memory (MiB).
 Verdicts are ``HOLDS``, ``FAILS`` or ``NOT_APPLICABLE``; undefined numbers are ``null``.
 """
 
@@ -138,7 +140,8 @@ def to_markdown(report: dict) -> str:
               f"total {t['total']:.0f} s; models (train or load) "
               f"{sum(t['models'].values()):.0f} s; measurements "
               + ", ".join(f"{k} {v:.0f} s" for k, v in t["measure"].items())
-              + f"; evaluation {t['evaluate']:.0f} s"
+              + f"; evaluation {t['evaluate']:.0f} s; peak memory "
+              f"{t['peak_memory_mb'] / 1024:.1f} GB"
               + (f"; {t['saved_earlier']} claim × model measurement(s) saved by an earlier run"
                  if t.get("saved_earlier") else ""), "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]

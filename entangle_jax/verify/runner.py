@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from entangle_jax.config import ConfigError
 from entangle_jax.io import atomic_write_npz
+from entangle_jax.memory import peak_resident_mb
 from entangle_jax.provenance import cache_key
 from entangle_jax.data.tasks import make_task_data
 from entangle_jax.pretrained import load_pretrained, pretrained_id
@@ -79,7 +80,8 @@ def run_verify(settings: VerifySettings, claims: Sequence[Claim] = CLAIMS, *,
                cache_dir: str | Path = ".cache/models", progress: bool = True,
                remeasure: bool = False, log: Callable[[str], None] = tqdm.write) -> dict:
     """Evaluate ``claims`` in every regime of ``settings``; returns the verify.json report.
-    Measurements saved by an earlier run are reused unless ``remeasure``.
+    Measurements saved by an earlier run are reused unless ``remeasure``. Its ``timings`` end
+    with the total seconds and the process's peak resident memory (``peak_memory_mb``).
 
     ``log`` receives one line per model: how long it took to train (or load) and to measure, or
     that its measurements were saved earlier (``measurement_path``)."""
@@ -131,6 +133,7 @@ def run_verify(settings: VerifySettings, claims: Sequence[Claim] = CLAIMS, *,
                 rows[claim.id].append(row)
             timings["evaluate"] += time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
+    timings["peak_memory_mb"] = peak_resident_mb()
     return build_report(settings, claims, rows, timings)
 
 
