@@ -186,14 +186,8 @@ def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int | None = No
     ``materialize``, their layer inputs and output cotangents with ``structured``; by default the
     most that fit ``memory.budget_bytes()``, up to 32. With a ``mesh`` (``sharding.batch_mesh()``)
     each chunk is split over its devices."""
-    strategy = as_strategy(implementation)
-    if chunk_size is None:
-        chunk_size = chunk_for_budget(graphdef, params, pairs.chosen, strategy,
-                                      per_token=False, cap=32)
-    params, chunk_size = _on_mesh(params, chunk_size, mesh)
-    fn = _pair_chunk_fn("pair_geometry", strategy, graphdef, params, pairs, chunk_size)
-    logp_w, logp_l, sq_w, sq_l, leaf_inner = map_chunks(fn, pairs, len(pairs), chunk_size,
-                                                        progress=progress, mesh=mesh)
+    logp_w, logp_l, sq_w, sq_l, leaf_inner = _map_pair_chunks(
+        "pair_geometry", implementation, graphdef, params, pairs, chunk_size, progress, mesh)
     return PairGeometry(logp_w, logp_l, sq_w, sq_l, leaf_inner.sum(-1), leaf_inner,
                         tuple(leaf_groups(params)))
 
@@ -237,38 +231,42 @@ def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None
     output cotangents (2 · chunk_size · R · T · Σ widths) with ``structured``; by default the
     most that fit ``memory.budget_bytes()``, up to 8. With a ``mesh``
     each chunk is split over its devices."""
-    strategy = as_strategy(implementation)
-    if chunk_size is None:
-        chunk_size = chunk_for_budget(graphdef, params, pairs.chosen, strategy,
-                                      per_token=True, cap=8)
-    params, chunk_size = _on_mesh(params, chunk_size, mesh)
-    fn = _pair_chunk_fn("token_grams", strategy, graphdef, params, pairs, chunk_size)
-    return TokenGrams(*map_chunks(fn, pairs, len(pairs), chunk_size, progress=progress,
-                                  mesh=mesh))
+    return TokenGrams(*_map_pair_chunks("token_grams", implementation, graphdef, params, pairs,
+                                        chunk_size, progress, mesh))
 
 
 #: Per pair-level Gram function: its chunk function for each strategy (``auto`` is the
-#: structured one with a per-leaf plan) and whether it works per token.
+#: structured one with a per-leaf plan), whether it works per token, and its default chunk cap.
 _PAIR_CHUNKS = {
     "pair_geometry": ({Strategy.MATERIALIZE: _pair_geometry_chunk,
                        Strategy.STRUCTURED: _structured_pair_geometry_chunk,
-                       Strategy.AUTO: _structured_pair_geometry_chunk}, False),
+                       Strategy.AUTO: _structured_pair_geometry_chunk}, False, 32),
     "token_grams": ({Strategy.MATERIALIZE: _token_grams_chunk,
                      Strategy.STRUCTURED: _structured_token_grams_chunk,
-                     Strategy.AUTO: _structured_token_grams_chunk}, True),
+                     Strategy.AUTO: _structured_token_grams_chunk}, True, 8),
 }
 
 
-def _pair_chunk_fn(name: str, strategy: Strategy, graphdef, params, pairs: Pairs,
-                   chunk_size: int) -> Callable:
-    """``chunk ↦ outputs`` of the Gram function ``name`` under ``strategy``."""
-    table, per_token = _PAIR_CHUNKS[name]
+def _map_pair_chunks(name: str, implementation: Strategy | str, graphdef, params, pairs: Pairs,
+                     chunk_size: int | None, progress: Callable | None, mesh):
+    """The outputs of the Gram function ``name`` over every pair, in chunks (by default the most
+    that fit ``memory.budget_bytes()``, up to its cap), each split over ``mesh`` when given."""
+    table, per_token, cap = _PAIR_CHUNKS[name]
+    strategy = as_strategy(implementation)
+    if chunk_size is None:
+        chunk_size = chunk_for_budget(graphdef, params, pairs.chosen, strategy,
+                                      per_token=per_token, cap=cap)
+    params, chunk_size = _on_mesh(params, chunk_size, mesh)
     chunk_fn = table[strategy]
     if strategy is Strategy.MATERIALIZE:
-        return partial(chunk_fn, graphdef, params)
-    plan = _plan(graphdef, params, strategy, pairs.chosen, per_token=per_token,
-                 n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
-    return lambda chunk: chunk_fn(graphdef, params, chunk, plan)
+        fn = partial(chunk_fn, graphdef, params)
+    else:
+        plan = _plan(graphdef, params, strategy, pairs.chosen, per_token=per_token,
+                     n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
+
+        def fn(chunk):
+            return chunk_fn(graphdef, params, chunk, plan)
+    return map_chunks(fn, pairs, len(pairs), chunk_size, progress=progress, mesh=mesh)
 
 
 def pairs_as_responses(pairs: Pairs) -> Responses:
