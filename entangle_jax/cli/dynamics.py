@@ -17,10 +17,6 @@ from entangle_jax.cli.common import (DATA_READING_OPTIONS, add_model_option,
 MAX_STEP = 1e6
 
 
-def _positive_float(text: str) -> float:
-    return positive_float(text)
-
-
 def _step_size(text: str) -> float:
     value = positive_float(text)
     if value > MAX_STEP:
@@ -60,7 +56,7 @@ def add_parser(subparsers) -> None:
                              "which the median pair's larger predicted change is "
                              "--target-change); a step whose measured change is not finite is "
                              "refused" % MAX_STEP)
-    parser.add_argument("--target-change", type=_positive_float,
+    parser.add_argument("--target-change", type=positive_float,
                         help="predicted |Δlog π| of the median pair that sets η when --lr is not "
                              "given (default 0.05)")
     parser.add_argument("--halvings", type=nonnegative_int, default=3,
