@@ -26,8 +26,8 @@ verify: $(STAMP)
 	$(BIN)/entangle verify
 
 # The real-model columns (SmolLM2-135M-Instruct; reports/real). Hours on 2 CPU cores; each claim's
-# measurements on each model are saved as taken, so running it again after a stop resumes. What
-# ran of it, with wall times and memory, is in the README.
+# measurements on each model are saved as taken, so running it again after a stop resumes. Its
+# time line gives its wall time and peak memory; what ran of it here is in the README.
 verify-real: $(STAMP)
 	$(BIN)/entangle verify --real
 
