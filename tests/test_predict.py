@@ -4,11 +4,10 @@ draws they share with ``train_preference``."""
 import jax
 import numpy as np
 import pytest
+from autodiff_reference import mean_loss_grad
 
 from entangle_jax.config import ConfigError
-from entangle_jax.logprob import batch_sequence_logprobs, sequence_logps
-from entangle_jax.mitigations import pair_lengths
-from entangle_jax.objectives import get_objective
+from entangle_jax.logprob import sequence_logps
 from entangle_jax.predict import (own_term_signs, planned_update, predicted_changes,
                                   run_start)
 from entangle_jax.train import PreferenceConfig, train_preference
@@ -59,22 +58,8 @@ def test_the_run_trains_on_the_drawn_batches(tiny_ckpt, train):
     idx = draw_batches(len(train), config)[0]
     run = train_preference(tiny_ckpt, config, progress=False)
     want = jax.tree.map(lambda p, g: p - 0.1 * g, tiny_ckpt.params,
-                        _mean_loss_grad(tiny_ckpt, train[idx]))
+                        mean_loss_grad(tiny_ckpt, train[idx], "dpo"))
     _assert_trees_close(run.params, want)
-
-
-def _mean_loss_grad(ckpt, batch):
-    graphdef, params = ckpt.graphdef, ckpt.params
-    ref_w = batch_sequence_logprobs(graphdef, params, batch.chosen)
-    ref_l = batch_sequence_logprobs(graphdef, params, batch.rejected)
-    objective = get_objective("dpo")
-
-    def mean_loss(p):
-        return objective.loss(batch_sequence_logprobs(graphdef, p, batch.chosen),
-                              batch_sequence_logprobs(graphdef, p, batch.rejected), ref_w, ref_l,
-                              *pair_lengths(batch)).mean()
-
-    return jax.grad(mean_loss)(params)
 
 
 def test_sgd_plan_is_the_sum_of_the_batch_gradients_at_the_start(tiny_ckpt, train):
@@ -83,7 +68,7 @@ def test_sgd_plan_is_the_sum_of_the_batch_gradients_at_the_start(tiny_ckpt, trai
     batches = draw_batches(len(train), config)
     start = run_start(tiny_ckpt.graphdef, tiny_ckpt.params, config, train)
     plan = planned_update(start, config, train, batches)
-    grads = [_mean_loss_grad(tiny_ckpt, train[b]) for b in batches]
+    grads = [mean_loss_grad(tiny_ckpt, train[b], "dpo") for b in batches]
     want = jax.tree.map(lambda *gs: -0.1 * sum(gs), *grads)
     _assert_trees_close(plan, want, rtol=1e-4, atol=1e-8)
 

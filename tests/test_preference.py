@@ -8,14 +8,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from autodiff_reference import mean_loss_grad
 
 from entangle_jax.checkpoint import save_checkpoint
 from entangle_jax.cli import main
 from entangle_jax.config import ConfigError, ModelConfig, SFTConfig
 from entangle_jax.gradients import pair_geometry
-from entangle_jax.logprob import batch_sequence_logprobs
-from entangle_jax.mitigations import pair_lengths
-from entangle_jax.objectives import get_objective
 from entangle_jax.train import PreferenceConfig, train_preference, train_sft
 from entangle_jax.train import preference as preference_module
 from entangle_jax.train.preference import preference_pairs, read_log
@@ -75,17 +73,8 @@ def test_sgd_step_is_the_gradient_of_the_mean_loss(tiny_ckpt):
     config = PreferenceConfig(objective="ipo", optimizer="sgd", learning_rate=lr, steps=1,
                               batch_size=len(train), suffix_length=2, probe_every=0)
     run = train_preference(tiny_ckpt, config, progress=False)
-    graphdef, params = tiny_ckpt.graphdef, tiny_ckpt.params
-    ref_w = batch_sequence_logprobs(graphdef, params, train.chosen)
-    ref_l = batch_sequence_logprobs(graphdef, params, train.rejected)
-    objective = get_objective("ipo")
-
-    def mean_loss(p):
-        return objective.loss(batch_sequence_logprobs(graphdef, p, train.chosen),
-                              batch_sequence_logprobs(graphdef, p, train.rejected), ref_w, ref_l,
-                              *pair_lengths(train)).mean()
-
-    want = jax.tree.map(lambda p, g: p - lr * g, params, jax.grad(mean_loss)(params))
+    want = jax.tree.map(lambda p, g: p - lr * g, tiny_ckpt.params,
+                        mean_loss_grad(tiny_ckpt, train, "ipo"))
     for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
