@@ -27,7 +27,7 @@ verify: $(STAMP)
 
 # The real-model columns (SmolLM2-135M-Instruct; reports/real). Hours on 2 CPU cores; each claim's
 # measurements on each model are saved as taken, so running it again after a stop resumes. Its
-# time line gives its wall time and peak memory; what ran of it here is in the README.
+# time line gives its wall time and peak memory; the full run's time and results are in the README.
 verify-real: $(STAMP)
 	$(BIN)/entangle verify --real
 
