@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -41,8 +42,9 @@ from entangle_jax.data.sentiment import (SentimentData, make_sentiment_data, res
 from entangle_jax.data.vocab import SPECIAL_TOKENS
 from entangle_jax.guards import check_finite, finite_flags
 from entangle_jax.io import atomic_write_text
-from entangle_jax.logprob import lm_loss
+from entangle_jax.logprob import lm_loss, response_nll
 from entangle_jax.models import init_model
+from entangle_jax.optimizers import make_adamw
 from entangle_jax.provenance import cache_key, json_hash
 
 METRICS = "metrics.jsonl"
@@ -121,6 +123,28 @@ def saved_progress(directory: str | Path) -> tuple[int, int] | None:
         raise CheckpointError(f"corrupt training state {path}: {err}") from None
 
 
+# Module-level jits with the graph definition (and parameter subset) static: every model of one
+# architecture trains with one compiled step, whatever its rates, which ``opt_state`` carries.
+@partial(jax.jit, static_argnames=("graphdef",))
+def _sft_step(params, opt_state, batch, *, graphdef):
+    """One AdamW step on the mean next-token NLL of ``batch``."""
+    loss, grads = jax.value_and_grad(lambda p: lm_loss(graphdef, p, batch))(params)
+    updates, opt_state = make_adamw(1.0, 0.0).update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    flags = finite_flags(loss=loss, gradient=grads, parameters=new_params)
+    return new_params, opt_state, loss, optax.tree.norm(grads), flags
+
+
+@partial(jax.jit, static_argnames=("graphdef", "subset"))
+def _finetune_step(trainable, opt_state, batch, base, *, graphdef, subset):
+    """One AdamW step on the response NLL of ``batch``, training the ``subset`` of ``base``."""
+    loss, grads = jax.value_and_grad(
+        lambda t: response_nll(graphdef, subset.apply(base, t), batch))(trainable)
+    updates, opt_state = make_adamw(1.0, 0.0).update(grads, opt_state, trainable)
+    new = optax.apply_updates(trainable, updates)
+    return new, opt_state, loss, finite_flags(loss=loss, gradient=grads, parameters=new)
+
+
 def train_sft(model_config: ModelConfig, data, config: SFTConfig, *, progress: bool = True,
               out_dir: str | Path | None = None, checkpoint_every: int = 0,
               resume: bool = False) -> Checkpoint:
@@ -129,8 +153,7 @@ def train_sft(model_config: ModelConfig, data, config: SFTConfig, *, progress: b
     ``out_dir``, ``checkpoint_every`` and ``resume``."""
     model_config = _with_vocab(model_config, data)
     graphdef, params = nnx.split(init_model(model_config, seed=config.seed))
-    tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
-    opt_state = tx.init(params)
+    opt_state = make_adamw(config.learning_rate, config.weight_decay).init(params)
     rng = np.random.default_rng([config.seed, 1])
     total = config.pretrain_steps + config.steps
     configs = run_configs(model_config, data, config)
@@ -153,14 +176,6 @@ def train_sft(model_config: ModelConfig, data, config: SFTConfig, *, progress: b
         return Checkpoint(graphdef, p, model_config, data.vocab, None if user else data.config,
                           config, data.config if user else None)
 
-    @jax.jit
-    def step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(lambda p: lm_loss(graphdef, p, batch))(params)
-        updates, new_opt_state = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        flags = finite_flags(loss=loss, gradient=grads, parameters=new_params)
-        return new_params, new_opt_state, loss, optax.tree.norm(grads), flags
-
     pretrain, sft = _batch_makers(data)
     last_saved = start if start > 0 else None
     bar = tqdm(range(start, total), initial=start, total=total, desc="sft",
@@ -168,7 +183,8 @@ def train_sft(model_config: ModelConfig, data, config: SFTConfig, *, progress: b
     try:
         for k in bar:
             phase, make_batch = ("pretrain", pretrain) if k < config.pretrain_steps else ("sft", sft)
-            new = step(params, opt_state, make_batch(config, model_config.max_len, rng))
+            new = _sft_step(params, opt_state, make_batch(config, model_config.max_len, rng),
+                            graphdef=graphdef)
             kept = ("" if out is None else f"; no checkpoint was saved yet in {out}"
                     if last_saved is None else f"; last good checkpoint: {out} (step {last_saved})")
             check_finite(k + 1, new[4], context=kept)
@@ -229,30 +245,22 @@ def finetune(base: Checkpoint, data, config: SFTConfig, train_params: str = "all
     true sentiment (flipped with probability ``label_flip``) with a random suffix, training the
     parameter subset ``train_params`` (``train.subsets``). Deterministic for ``config.seed``."""
     from entangle_jax.data.chat_sentiment import chat_seq_len, chat_sft_batch
-    from entangle_jax.logprob import response_nll
     from entangle_jax.train.subsets import parse_subset
 
     subset = parse_subset(train_params)
     graphdef, tokenizer = base.graphdef, base.tokenizer
     trainable = subset.init(base.params, jax.random.key(config.seed))
-    tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
-    opt_state = tx.init(trainable)
+    opt_state = make_adamw(config.learning_rate, config.weight_decay).init(trainable)
     rng = np.random.default_rng([config.seed, 5])
     seq_len = chat_seq_len(data, tokenizer)
-
-    @jax.jit
-    def step(trainable, opt_state, batch):
-        loss, grads = jax.value_and_grad(
-            lambda t: response_nll(graphdef, subset.apply(base.params, t), batch))(trainable)
-        updates, opt_state = tx.update(grads, opt_state, trainable)
-        new = optax.apply_updates(trainable, updates)
-        return new, opt_state, loss, finite_flags(loss=loss, gradient=grads, parameters=new)
 
     bar = tqdm(range(config.steps), desc="finetune", disable=not progress, leave=False)
     for k in bar:
         batch = chat_sft_batch(data, tokenizer, config.label_flip, config.batch_size, seq_len,
                                rng)
-        trainable, opt_state, loss, flags = step(trainable, opt_state, batch)
+        trainable, opt_state, loss, flags = _finetune_step(trainable, opt_state, batch,
+                                                           base.params, graphdef=graphdef,
+                                                           subset=subset)
         check_finite(k + 1, flags)
         bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
     return dataclasses.replace(base, params=subset.apply(base.params, trainable),
