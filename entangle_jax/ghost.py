@@ -28,7 +28,7 @@ flop count from the shapes of the taps, under a memory budget.
 from __future__ import annotations
 
 import math
-from functools import partial
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -172,6 +172,24 @@ def record_taps(graphdef, params, seq: Responses, *, per_token: bool):
         cotangents.update(taps.cotangents)
         exact.update(taps.exact)
     return logp[0], Taps(inputs, cotangents, exact)[0]
+
+
+def tap_shapes(graphdef, params, seq: Responses, *, per_token: bool) -> Taps:
+    """The shapes (``jax.ShapeDtypeStruct``) of ``record_taps``' taps of one sequence shaped like
+    ``seq``. Tracing the model for them takes about as long as a small model's whole Gram, so it
+    is done once per graph, parameter shapes, sequence shape and ``per_token``."""
+    def spec(tree):  # hashable: the leaves' shapes and dtypes, and the tree structure
+        leaves, structure = jax.tree.flatten(tree)
+        return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves), structure
+
+    return _traced_tap_shapes(graphdef, *spec(params), *spec(seq), per_token)
+
+
+@lru_cache(maxsize=32)
+def _traced_tap_shapes(graphdef, param_specs, param_tree, seq_specs, seq_tree, per_token: bool):
+    return jax.eval_shape(lambda p, s: record_taps(graphdef, p, s, per_token=per_token)[1],
+                          jax.tree.unflatten(param_tree, param_specs),
+                          jax.tree.unflatten(seq_tree, seq_specs))
 
 
 #: Columns per chunk of ``row_gram``: XLA's CPU dot of a skinny ``[N, K] · [K, N]`` product runs
@@ -361,9 +379,7 @@ def plan_leaves(graphdef, params, implementation: str, seq: Responses, *, per_to
     if implementation not in ("structured", "auto"):
         raise ValueError(f"implementation={implementation!r} is invalid: one of 'structured', 'auto'")
     memory_budget = memory.budget_bytes() if memory_budget is None else memory_budget
-    one = jax.tree.map(lambda x: x[0], seq)
-    taps = jax.eval_shape(lambda p, s: record_taps(graphdef, p, s, per_token=per_token)[1],
-                          params, one)
+    taps = tap_shapes(graphdef, params, jax.tree.map(lambda x: x[0], seq), per_token=per_token)
     plan = []
     for leaf, terms in zip(jax.tree.leaves(params), leaf_terms(graphdef, params)):
         if terms is None:

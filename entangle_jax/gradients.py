@@ -95,8 +95,8 @@ def chunk_for_budget(graphdef, params, seq: Responses, implementation: Strategy 
         per_pair = 2 * rows * memory.tree_bytes(params)
     else:
         one = jax.tree.map(lambda x: x[0], seq)
-        per_pair = 2 * memory.tree_bytes(jax.eval_shape(
-            lambda p, s: ghost.record_taps(graphdef, p, s, per_token=per_token)[1], params, one))
+        per_pair = 2 * memory.tree_bytes(ghost.tap_shapes(graphdef, params, one,
+                                                          per_token=per_token))
     return memory.fit(per_pair, cap, budget=budget)
 
 

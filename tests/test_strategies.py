@@ -51,6 +51,9 @@ def test_tapped_forward_reproduces_the_models_log_probs(model):
     seq = pairs.chosen[0]
     logp, taps = ghost.record_taps(graphdef, params, seq, per_token=True)
     np.testing.assert_allclose(logp, token_logprobs(graphdef, params, seq), rtol=1e-6, atol=1e-6)
+    shapes = ghost.tap_shapes(graphdef, params, seq, per_token=True)  # traced once, cached
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), shapes) == \
+        jax.tree.map(lambda x: (x.shape, x.dtype), taps)
     for terms in ghost.leaf_terms(graphdef, params):
         for term in terms or ():
             assert term.shared in taps.inputs and term.rowed in taps.cotangents
@@ -175,16 +178,20 @@ def test_auto_plan_mixes_ghost_and_outer_by_cost():
     assert plan("structured", 64).count("outer") == 0
 
 
-def test_no_recompilation_across_suffix_lengths_or_pair_counts(tiny_data, model):
+def test_no_recompilation_or_retracing_across_suffix_lengths_or_pair_counts(tiny_data, model):
+    """One compiled chunk, and the model traced once for the shapes of its taps (the plan's and
+    the chunk budget's input: that trace alone took 10x a small model's token Gram)."""
     graphdef, params, _ = model
     window = response_window(tiny_data.config)
     for suffix, n in [(0, 3), (5, 4), (9, 2)]:
         pairs = sentiment_pairs(tiny_data.eval[:n], tiny_data.vocab, suffix,
                                 nnx.merge(graphdef, params).config.max_len, window)
-        pair_geometry(graphdef, params, pairs, chunk_size=4, implementation="structured")
+        pair_geometry(graphdef, params, pairs, implementation="structured")
         if suffix == 0:
             compiled = _structured_pair_geometry_chunk._cache_size()
+            traced = ghost._traced_tap_shapes.cache_info().misses
     assert _structured_pair_geometry_chunk._cache_size() == compiled
+    assert ghost._traced_tap_shapes.cache_info().misses == traced
 
 
 def test_unknown_implementation_is_refused(model):
