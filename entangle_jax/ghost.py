@@ -174,15 +174,19 @@ def record_taps(graphdef, params, seq: Responses, *, per_token: bool):
     return logp[0], Taps(inputs, cotangents, exact)[0]
 
 
+def _spec(tree, *, row: bool = False):
+    """A hashable description of ``tree``: its leaves' shapes and dtypes (of one row, without the
+    leading axis, when ``row``) and its structure."""
+    leaves, structure = jax.tree.flatten(tree)
+    return tuple(jax.ShapeDtypeStruct(x.shape[1:] if row else x.shape, x.dtype)
+                 for x in leaves), structure
+
+
 def tap_shapes(graphdef, params, seq: Responses, *, per_token: bool) -> Taps:
     """The shapes (``jax.ShapeDtypeStruct``) of ``record_taps``' taps of one sequence shaped like
     ``seq``. Tracing the model for them takes about as long as a small model's whole Gram, so it
     is done once per graph, parameter shapes, sequence shape and ``per_token``."""
-    def spec(tree):  # hashable: the leaves' shapes and dtypes, and the tree structure
-        leaves, structure = jax.tree.flatten(tree)
-        return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves), structure
-
-    return _traced_tap_shapes(graphdef, *spec(params), *spec(seq), per_token)
+    return _traced_tap_shapes(graphdef, *_spec(params), *_spec(seq), per_token)
 
 
 @lru_cache(maxsize=32)
@@ -375,13 +379,21 @@ def plan_leaves(graphdef, params, implementation: str, seq: Responses, *, per_to
     product; ``auto`` takes, per leaf, the cheaper of ghost (``n_blocks · ghost``) and outer
     (``n_sequences`` outer products to form plus ``n_blocks · R² · size`` to contract) when the
     formed gradients fit ``memory_budget`` bytes (``memory.budget_bytes()``). Costs come from the
-    shapes of the taps."""
+    shapes of the taps; a plan is made once per graph, shapes and arguments."""
     if implementation not in ("structured", "auto"):
         raise ValueError(f"implementation={implementation!r} is invalid: one of 'structured', 'auto'")
     memory_budget = memory.budget_bytes() if memory_budget is None else memory_budget
-    taps = tap_shapes(graphdef, params, jax.tree.map(lambda x: x[0], seq), per_token=per_token)
+    return _cached_plan(graphdef, *_spec(params), implementation, *_spec(seq, row=True), per_token,
+                        n_sequences, n_blocks, memory_budget)
+
+
+@lru_cache(maxsize=64)
+def _cached_plan(graphdef, param_specs, param_tree, implementation: str, seq_specs, seq_tree,
+                 per_token: bool, n_sequences: int, n_blocks: int, memory_budget: float):
+    params = jax.tree.unflatten(param_tree, param_specs)
+    taps = _traced_tap_shapes(graphdef, param_specs, param_tree, seq_specs, seq_tree, per_token)
     plan = []
-    for leaf, terms in zip(jax.tree.leaves(params), leaf_terms(graphdef, params)):
+    for leaf, terms in zip(param_specs, leaf_terms(graphdef, params)):
         if terms is None:
             plan.append("exact")
             continue

@@ -179,8 +179,8 @@ def test_auto_plan_mixes_ghost_and_outer_by_cost():
 
 
 def test_no_recompilation_or_retracing_across_suffix_lengths_or_pair_counts(tiny_data, model):
-    """One compiled chunk, and the model traced once for the shapes of its taps (the plan's and
-    the chunk budget's input: that trace alone took 10x a small model's token Gram)."""
+    """One compiled chunk, the model traced once for the shapes of its taps (the plan's and the
+    chunk budget's input: that trace alone took 10x a small model's token Gram), one plan."""
     graphdef, params, _ = model
     window = response_window(tiny_data.config)
     for suffix, n in [(0, 3), (5, 4), (9, 2)]:
@@ -190,8 +190,10 @@ def test_no_recompilation_or_retracing_across_suffix_lengths_or_pair_counts(tiny
         if suffix == 0:
             compiled = _structured_pair_geometry_chunk._cache_size()
             traced = ghost._traced_tap_shapes.cache_info().misses
+            planned = ghost._cached_plan.cache_info().misses
     assert _structured_pair_geometry_chunk._cache_size() == compiled
     assert ghost._traced_tap_shapes.cache_info().misses == traced
+    assert ghost._cached_plan.cache_info().misses == planned
 
 
 def test_unknown_implementation_is_refused(model):
