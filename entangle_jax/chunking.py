@@ -18,9 +18,13 @@ from entangle_jax.config import ConfigError
 from entangle_jax.sharding import shard_batch
 
 
+def check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value!r} is invalid: must be a positive integer")
+
+
 def check_chunk_size(chunk_size) -> None:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ConfigError(f"chunk_size={chunk_size!r} is invalid: must be a positive integer")
+    check_positive_int("chunk_size", chunk_size)
 
 
 def chunk_indices(n: int, chunk_size: int) -> list[np.ndarray]:
@@ -40,18 +44,22 @@ def _take(batch, idx: np.ndarray, rows: int):
 
 
 def map_chunks(fn: Callable, batch, n: int, chunk_size: int, *,
-               progress: Callable[[int], None] | None = None, mesh=None):
+               progress: Callable[[int], None] | None = None, mesh=None,
+               prepare: Callable | None = None):
     """``fn(chunk)`` over chunks of ``chunk_size`` rows of the pytree ``batch`` (``n`` rows; each
     chunk sharded over ``mesh`` when given), its per-row outputs concatenated on the host.
+    ``prepare(chunk)``, when given, changes each chunk on the host first (e.g. cuts its padding).
     ``progress(rows done)`` is called after each chunk."""
     batch = jax.device_get(batch)
     outs = []
     for idx in chunk_indices(n, chunk_size):
         chunk = _take(batch, idx, n)
+        if prepare is not None:
+            chunk = prepare(chunk)
         outs.append(jax.device_get(fn(chunk if mesh is None else shard_batch(chunk, mesh))))
         if progress is not None:
             progress(min(int(idx[0]) + chunk_size, n))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
 
 
-__all__ = ["check_chunk_size", "chunk_indices", "map_chunks", "real_rows"]
+__all__ = ["check_chunk_size", "check_positive_int", "chunk_indices", "map_chunks", "real_rows"]

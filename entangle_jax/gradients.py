@@ -22,7 +22,8 @@ neural-tangents' ``empirical_ntk_fn`` takes an ``NtkImplementation``):
   the full sequence Gram, ``materialize`` whenever a chunk's per-example gradients fit that budget.
 
 All return the same numbers to float32 rounding. Pairs are processed in fixed-size chunks, so memory is
-bounded by the chunk and one compiled function serves every chunk and every suffix length.
+bounded by the chunk and one compiled function serves every chunk and every suffix length (with
+``length_bucket``, one per bucketed length instead).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ import optax
 from flax import nnx, struct
 
 from entangle_jax import ghost, memory
-from entangle_jax.chunking import check_chunk_size, chunk_indices, map_chunks
+from entangle_jax.chunking import (check_chunk_size, check_positive_int, chunk_indices,
+                                   map_chunks)
 from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.logprob import sequence_logprob, token_logprobs
 from entangle_jax.pytrees import leaf_keys, leaf_vdots
@@ -179,15 +181,19 @@ def _structured_pair_geometry_chunk(graphdef, params, pairs: Pairs, plan):
 def pair_geometry(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None,
                   progress: Callable | None = None,
                   implementation: Strategy | str = "materialize",
-                  mesh=None) -> PairGeometry:
+                  mesh=None, length_bucket: int | None = None) -> PairGeometry:
     """log π_w, log π_l, ‖g_w‖², ‖g_l‖², ⟨g_w, g_l⟩ (and its split by leaf) for every pair.
 
     Memory is bounded by ``chunk_size`` pairs: their gradients (2 · chunk_size · P floats) with
     ``materialize``, their layer inputs and output cotangents with ``structured``; by default the
     most that fit ``memory.budget_bytes()``, up to 32. With a ``mesh`` (``sharding.batch_mesh()``)
-    each chunk is split over its devices."""
+    each chunk is split over its devices. ``length_bucket`` (tokens; for pairs of varied
+    lengths, e.g. real data): pairs run sorted by length, each chunk cut to its longest sequence
+    rounded up to a multiple of it, so less padding is computed, at one compilation per length
+    that occurs; ``None`` keeps one padded length and one compiled shape."""
     logp_w, logp_l, sq_w, sq_l, leaf_inner = _map_pair_chunks(
-        "pair_geometry", implementation, graphdef, params, pairs, chunk_size, progress, mesh)
+        "pair_geometry", implementation, graphdef, params, pairs, chunk_size, progress, mesh,
+        length_bucket)
     return PairGeometry(logp_w, logp_l, sq_w, sq_l, leaf_inner.sum(-1), leaf_inner,
                         tuple(leaf_groups(params)))
 
@@ -225,14 +231,14 @@ def _structured_token_grams_chunk(graphdef, params, pairs: Pairs, plan):
 def token_grams(graphdef, params, pairs: Pairs, *, chunk_size: int | None = None,
                 progress: Callable | None = None,
                 implementation: Strategy | str = "materialize",
-                mesh=None) -> TokenGrams:
+                mesh=None, length_bucket: int | None = None) -> TokenGrams:
     """Token-wise Gram matrices of every pair; memory is bounded by ``chunk_size`` pairs'
     per-token Jacobians (2 · chunk_size · R · P floats) with ``materialize``, by their per-token
     output cotangents (2 · chunk_size · R · T · Σ widths) with ``structured``; by default the
     most that fit ``memory.budget_bytes()``, up to 8. With a ``mesh``
-    each chunk is split over its devices."""
+    each chunk is split over its devices; ``length_bucket`` as in ``pair_geometry``."""
     return TokenGrams(*_map_pair_chunks("token_grams", implementation, graphdef, params, pairs,
-                                        chunk_size, progress, mesh))
+                                        chunk_size, progress, mesh, length_bucket))
 
 
 #: Per pair-level Gram function: its chunk function for each strategy (``auto`` is the
@@ -248,9 +254,12 @@ _PAIR_CHUNKS = {
 
 
 def _map_pair_chunks(name: str, implementation: Strategy | str, graphdef, params, pairs: Pairs,
-                     chunk_size: int | None, progress: Callable | None, mesh):
+                     chunk_size: int | None, progress: Callable | None, mesh,
+                     length_bucket: int | None):
     """The outputs of the Gram function ``name`` over every pair, in chunks (by default the most
-    that fit ``memory.budget_bytes()``, up to its cap), each split over ``mesh`` when given."""
+    that fit ``memory.budget_bytes()``, up to its cap), each split over ``mesh`` when given. With
+    ``length_bucket``, the pairs run sorted by length and each chunk is cut to its longest
+    sequence rounded up to a multiple of ``length_bucket`` tokens (outputs in the given order)."""
     table, per_token, cap = _PAIR_CHUNKS[name]
     strategy = as_strategy(implementation)
     if chunk_size is None:
@@ -261,12 +270,22 @@ def _map_pair_chunks(name: str, implementation: Strategy | str, graphdef, params
     if strategy is Strategy.MATERIALIZE:
         fn = partial(chunk_fn, graphdef, params)
     else:
-        plan = _plan(graphdef, params, strategy, pairs.chosen, per_token=per_token,
-                     n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
-
-        def fn(chunk):
+        def fn(chunk):  # planned for the chunk's sequence length (cached per shape)
+            plan = _plan(graphdef, params, strategy, chunk.chosen, per_token=per_token,
+                         n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
             return chunk_fn(graphdef, params, chunk, plan)
-    return map_chunks(fn, pairs, len(pairs), chunk_size, progress=progress, mesh=mesh)
+    if length_bucket is None:
+        return map_chunks(fn, pairs, len(pairs), chunk_size, progress=progress, mesh=mesh)
+    check_positive_int("length_bucket", length_bucket)
+    pairs = jax.device_get(pairs)
+    order = np.argsort(pairs.widths(), kind="stable")
+    full = pairs.chosen.tokens.shape[-1]
+
+    def cut(chunk: Pairs) -> Pairs:
+        return chunk.cut(min(full, -(-int(chunk.widths().max()) // length_bucket) * length_bucket))
+    outs = map_chunks(fn, pairs[order], len(pairs), chunk_size, progress=progress, mesh=mesh,
+                      prepare=cut)
+    return jax.tree.map(lambda x: x[np.argsort(order)], outs)
 
 
 def pairs_as_responses(pairs: Pairs) -> Responses:

@@ -9,11 +9,11 @@ import pytest
 from flax import nnx
 
 from entangle_jax import ghost, gradients, memory
-from entangle_jax.config import LlamaConfig, ModelConfig
+from entangle_jax.config import ConfigError, LlamaConfig, ModelConfig
 from entangle_jax.data import response_window, sentiment_pairs
 from entangle_jax.gradients import (IMPLEMENTATIONS, _structured_pair_geometry_chunk,
                                     pair_geometry, pairs_as_responses, sequence_gram, token_grams)
-from entangle_jax.data.pairs import Responses
+from entangle_jax.data.pairs import Pairs, Responses
 from entangle_jax.logprob import logits, sequence_logprob, token_logprobs
 from entangle_jax.models import init_model
 
@@ -107,6 +107,54 @@ def test_token_gram_strategies_agree_with_materialize(model, implementation):
     scale = np.abs(ref.chosen).max()
     for field in ("cross", "chosen", "rejected"):
         _close(getattr(got, field), getattr(ref, field), scale)
+
+
+def _pairs_of_varied_lengths(tiny_data, model):
+    """Pairs with suffixes of 9, 0 and 4 words, one padded length, not sorted by length."""
+    graphdef, params, _ = model
+    t, window = nnx.merge(graphdef, params).config.max_len, response_window(tiny_data.config)
+    parts = [sentiment_pairs(tiny_data.eval[:2], tiny_data.vocab, suffix, t, window)
+             for suffix in (9, 0, 4)]
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_length_buckets_cut_padding_and_change_nothing(tiny_data, model, implementation,
+                                                     monkeypatch):
+    """Sorted by length, each chunk cut to its longest sequence rounded up to 4 tokens: the
+    same statistics and token Grams, in the given order."""
+    graphdef, params, _ = model
+    pairs = _pairs_of_varied_lengths(tiny_data, model)
+    longest = np.sort(pairs.widths()).reshape(3, 2).max(1)  # of each chunk of 2, sorted
+    expected = (-(-longest // 4) * 4).tolist()
+    assert len(set(expected)) > 1 and max(expected) < pairs.chosen.tokens.shape[-1]
+    ref = pair_geometry(graphdef, params, pairs, chunk_size=2)
+    cuts, cut = [], Pairs.cut
+    monkeypatch.setattr(Pairs, "cut", lambda self, width: cuts.append(width) or cut(self, width))
+    got = pair_geometry(graphdef, params, pairs, chunk_size=2, implementation=implementation,
+                        length_bucket=4)
+    assert cuts == expected
+    scale = max(ref.sq_norm_w.max(), ref.sq_norm_l.max())
+    for field in ("sq_norm_w", "sq_norm_l", "inner"):
+        _close(getattr(got, field), getattr(ref, field), scale)
+    np.testing.assert_allclose(got.logp_w, ref.logp_w, rtol=1e-6)
+    ref_tg = token_grams(graphdef, params, pairs, chunk_size=2)
+    got_tg = token_grams(graphdef, params, pairs, chunk_size=2, implementation=implementation,
+                         length_bucket=4)
+    for field in ("cross", "chosen", "rejected"):
+        _close(getattr(got_tg, field), getattr(ref_tg, field), np.abs(ref_tg.chosen).max())
+
+
+def test_cutting_padding_keeps_every_token_and_refuses_less(tiny_data, model):
+    pairs = _pairs_of_varied_lengths(tiny_data, model)
+    width = int(pairs.widths().max())
+    cut = pairs.cut(width)
+    assert cut.chosen.tokens.shape[-1] == width
+    np.testing.assert_array_equal(cut.rejected.tokens, pairs.rejected.tokens[:, :width])
+    with pytest.raises(ValueError, match="cannot cut"):
+        pairs.cut(width - 1)
+    with pytest.raises(ConfigError, match="length_bucket=0"):
+        pair_geometry(*model[:2], pairs, length_bucket=0)
 
 
 def test_sequence_gram_matches_a_per_response_loop(model):

@@ -56,6 +56,19 @@ class Responses:
         start = int(self.start[row])
         return np.asarray(self.tokens[row])[start:start + int(self.length[row])].tolist()
 
+    def widths(self) -> np.ndarray:
+        """``[...]`` tokens each row holds before its padding: prompt and response (host)."""
+        return np.asarray(self.start) + np.asarray(self.length)
+
+    def cut(self, width: int) -> "Responses":
+        """The batch with its sequences cut to ``width`` tokens, which must hold every row's
+        prompt and response: only padding goes, so no log-prob changes (right padding is never
+        attended to)."""
+        if not self.widths().max(initial=0) <= width <= self.tokens.shape[-1]:
+            raise ValueError(f"cannot cut sequences of {self.tokens.shape[-1]} tokens holding up "
+                             f"to {self.widths().max(initial=0)} to {width}")
+        return Responses(self.tokens[..., :width], self.start, self.length, self.window)
+
 
 @struct.dataclass
 class Pairs:
@@ -69,6 +82,14 @@ class Pairs:
 
     def __getitem__(self, index) -> "Pairs":
         return Pairs(self.chosen[index], self.rejected[index])
+
+    def widths(self) -> np.ndarray:
+        """``[B]`` tokens of each pair's longer sequence (prompt and response, host)."""
+        return np.maximum(self.chosen.widths(), self.rejected.widths())
+
+    def cut(self, width: int) -> "Pairs":
+        """Both sides cut to ``width`` tokens (``Responses.cut``)."""
+        return Pairs(self.chosen.cut(width), self.rejected.cut(width))
 
 
 def stack_responses(batches: Sequence[Responses]) -> tuple[Responses, np.ndarray]:
