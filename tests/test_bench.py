@@ -139,8 +139,8 @@ def real_rows(smollm2):
     except ImportError:
         pass
     base = {"layers": 2, "max_prompt": 16, "max_response": 4}
-    tasks = {("pair_stats", ("hf_loop", "torch_func", "materialize", "structured", "auto")):
-             {"pairs": 1},
+    tasks = {("pair_stats", ("hf_loop", "torch_func", "materialize", "structured", "auto",
+                             "auto_by_length")): {"pairs": 2},
              ("token_gram", ("hf_loop", "structured", "auto")): {"response": 4},
              ("kernel", ("hf_loop", "torch_func", "materialize", "stagewise", "auto")):
              {"eval_pairs": 1, "train_pairs": 2},
@@ -301,3 +301,14 @@ def test_compile_cache_bench_table():
     row = {"setup_s": 1.0, "first_s": 2.5, "run_s": 0.1, "compile_s": 2.4}
     table = format_table({"off": [row], "cold": [row], "warm": [{**row, "compile_s": 0.2}]})
     assert table.splitlines()[-1] == "| warm | 2.50 | 0.20 | 100.0 | 1.00 |"
+
+
+def test_the_by_length_warm_up_takes_one_chunk_of_each_cut_length():
+    from entangle_jax.bench import real
+    from entangle_jax.data.pairs import Pairs, Responses
+
+    lengths = np.array([5, 20, 9, 33, 34, 6])
+    side = Responses(np.zeros((6, 40), np.int32), np.ones(6, np.int32), lengths - 1, 40)
+    warm = real._one_chunk_per_length(Pairs(side, side), chunk=2, bucket=32)
+    # sorted: (5, 6) and (9, 20) cut to 32, (33, 34) to 64
+    np.testing.assert_array_equal(warm.widths(), [5, 6, 33, 34])

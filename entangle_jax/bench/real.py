@@ -51,8 +51,10 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "learning-dynamics-helpful
     "formal_prob_test.jsonl.gz"
 #: Training pairs of the kernel start at this record (the eval pairs at record 0).
 TRAIN_OFFSET = 128
-#: Our methods (``stagewise``: the kernel's only) and the transformers peers.
-JAX_METHODS = ("materialize", "structured", "auto", "stagewise")
+#: Our methods (``stagewise``: the kernel's only; ``auto_by_length``: ``auto`` with
+#: ``length_bucket=LENGTH_BUCKET``, pair statistics only) and the transformers peers.
+JAX_METHODS = ("materialize", "structured", "auto", "auto_by_length", "stagewise")
+LENGTH_BUCKET = 32
 TORCH_METHODS = ("hf_loop", "torch_func")
 #: Per-token gradients of each side the transformers token loop holds (``loop_token_gram``).
 TOKEN_LOOP_HOLD = 2
@@ -205,17 +207,22 @@ def jax_calls(spec: dict, graphdef, params, inputs):
 
     task, method = spec["task"], spec["method"]
     if task == "pair_stats":
-        chunk = gradients.chunk_for_budget(graphdef, params, inputs.chosen, method,
+        bucket = LENGTH_BUCKET if method == "auto_by_length" else None
+        implementation = "auto" if bucket else method
+        chunk = gradients.chunk_for_budget(graphdef, params, inputs.chosen, implementation,
                                            per_token=False, cap=32)
-        call = lambda progress=None: gradients.pair_geometry(  # noqa: E731
-            graphdef, params, inputs, chunk_size=chunk, implementation=method,
-            progress=progress)
+        call = lambda pairs=inputs, progress=None: gradients.pair_geometry(  # noqa: E731
+            graphdef, params, pairs, chunk_size=chunk, implementation=implementation,
+            progress=progress, length_bucket=bucket)
 
-        def warm():  # the first chunk of the same batch: every compilation of the timed call
-            def stop(done):
+        def warm():  # every compilation of the timed call
+            if bucket:  # one chunk of each cut length
+                return call(_one_chunk_per_length(jax.device_get(inputs), chunk, bucket))
+
+            def stop(done):  # the first chunk of the same batch
                 raise _FirstChunkDone
             try:
-                call(stop)
+                call(progress=stop)
             except _FirstChunkDone:
                 pass
         return warm, call, _stats_out
@@ -236,6 +243,22 @@ def jax_calls(spec: dict, graphdef, params, inputs):
         ends_chunk_size=ends_chunk)
     warm_r, warm_c = min(chunk, len(rows.start)), min(chunk, len(cols.start))
     return (lambda: call(rows[:warm_r], cols[:warm_c])), (lambda: call(rows, cols)), _kernel_out
+
+
+def _one_chunk_per_length(pairs, chunk: int, bucket: int):
+    """The pairs of the first chunk of each cut length of ``pair_geometry(..., chunk_size=chunk,
+    length_bucket=bucket)``, in its order: a call on them compiles every shape of the full call."""
+    from entangle_jax.chunking import chunk_indices
+
+    widths = pairs.widths()
+    order = np.argsort(widths, kind="stable")
+    rows, seen = [], set()
+    for idx in chunk_indices(len(pairs), chunk):
+        width = -(-int(widths[order[idx]].max()) // bucket)
+        if width not in seen:
+            seen.add(width)
+            rows.extend(order[idx])
+    return pairs[np.asarray(rows)]
 
 
 def _prediction_calls(method: str, graphdef, params, evals, train):

@@ -82,7 +82,7 @@ def plan(quick: bool, peers: dict[str, str | None], rounds: int | None = None,
     cases = [{"task": "load", "method": m, "root": cache_root, "rounds": rounds}
              for m in ("convert", "cache")]
     stats = {"task": "pair_stats", "pairs": size["pairs"], **BUDGETS}
-    for m in (*(HF_METHODS if hf else ()), "materialize", "structured", "auto"):
+    for m in (*(HF_METHODS if hf else ()), "materialize", "structured", "auto", "auto_by_length"):
         cases.append({**stats, "method": m, "rounds": rounds})
     token = {"task": "token_gram", "response": size["token_response"],
              "max_prompt": BUDGETS["max_prompt"]}
