@@ -270,22 +270,24 @@ def _map_pair_chunks(name: str, implementation: Strategy | str, graphdef, params
     if strategy is Strategy.MATERIALIZE:
         fn = partial(chunk_fn, graphdef, params)
     else:
-        def fn(chunk):  # planned for the chunk's sequence length (cached per shape)
-            plan = _plan(graphdef, params, strategy, chunk.chosen, per_token=per_token,
-                         n_sequences=2 * chunk_size, n_blocks=3 * chunk_size)
-            return chunk_fn(graphdef, params, chunk, plan)
+        plans = {}  # one per sequence length
+
+        def fn(chunk):
+            length = chunk.chosen.tokens.shape[-1]
+            if length not in plans:
+                plans[length] = _plan(graphdef, params, strategy, chunk.chosen,
+                                      per_token=per_token, n_sequences=2 * chunk_size,
+                                      n_blocks=3 * chunk_size)
+            return chunk_fn(graphdef, params, chunk, plans[length])
     if length_bucket is None:
         return map_chunks(fn, pairs, len(pairs), chunk_size, progress=progress, mesh=mesh)
     check_positive_int("length_bucket", length_bucket)
     pairs = jax.device_get(pairs)
-    order = np.argsort(pairs.widths(), kind="stable")
-    full = pairs.chosen.tokens.shape[-1]
-
-    def cut(chunk: Pairs) -> Pairs:
-        return chunk.cut(min(full, -(-int(chunk.widths().max()) // length_bucket) * length_bucket))
+    order = pairs.by_length()
     outs = map_chunks(fn, pairs[order], len(pairs), chunk_size, progress=progress, mesh=mesh,
-                      prepare=cut)
-    return jax.tree.map(lambda x: x[np.argsort(order)], outs)
+                      prepare=lambda chunk: chunk.cut_padding(length_bucket))
+    inverse = np.argsort(order)
+    return jax.tree.map(lambda x: x[inverse], outs)
 
 
 def pairs_as_responses(pairs: Pairs) -> Responses:

@@ -250,11 +250,10 @@ def _one_chunk_per_length(pairs, chunk: int, bucket: int):
     length_bucket=bucket)``, in its order: a call on them compiles every shape of the full call."""
     from entangle_jax.chunking import chunk_indices
 
-    widths = pairs.widths()
-    order = np.argsort(widths, kind="stable")
+    order = pairs.by_length()
     rows, seen = [], set()
     for idx in chunk_indices(len(pairs), chunk):
-        width = -(-int(widths[order[idx]].max()) // bucket)
+        width = pairs[order[idx]].cut_padding(bucket).chosen.tokens.shape[-1]
         if width not in seen:
             seen.add(width)
             rows.extend(order[idx])

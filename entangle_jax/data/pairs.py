@@ -25,9 +25,9 @@ from entangle_jax.data.vocab import Vocab
 SEQ_LEN_MULTIPLE = 16
 
 
-def padded_length(n: int) -> int:
-    """``n`` rounded up to a multiple of ``SEQ_LEN_MULTIPLE``."""
-    return -(-n // SEQ_LEN_MULTIPLE) * SEQ_LEN_MULTIPLE
+def padded_length(n: int, multiple: int = SEQ_LEN_MULTIPLE) -> int:
+    """``n`` rounded up to a multiple of ``multiple``."""
+    return -(-n // multiple) * multiple
 
 
 @struct.dataclass
@@ -90,6 +90,16 @@ class Pairs:
     def cut(self, width: int) -> "Pairs":
         """Both sides cut to ``width`` tokens (``Responses.cut``)."""
         return Pairs(self.chosen.cut(width), self.rejected.cut(width))
+
+    def by_length(self) -> np.ndarray:
+        """The order of the pairs by ``widths``, shortest first (stable)."""
+        return np.argsort(self.widths(), kind="stable")
+
+    def cut_padding(self, multiple: int) -> "Pairs":
+        """Cut to the longest sequence rounded up to a multiple of ``multiple`` tokens (at most
+        the padded length)."""
+        return self.cut(min(self.chosen.tokens.shape[-1],
+                            padded_length(int(self.widths().max()), multiple)))
 
 
 def stack_responses(batches: Sequence[Responses]) -> tuple[Responses, np.ndarray]:
